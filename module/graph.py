@@ -1,0 +1,131 @@
+"""Skeleton graph layouts as data, and the adjacency construction of ST-GCN.
+
+A layout is a number of joints, an edge list (0-based joint indices) and a centre
+joint.  ``adjacency(layout, strategy)`` turns it into the (K, V, V) stack of
+normalised adjacency matrices that a graph convolution consumes; it is a pure
+function of the layout, so tests and other backbones can use it directly.
+
+Adding a layout: add a ``Layout`` to ``LAYOUTS`` (joint names in order, the bones as
+pairs of 1-based joint numbers as datasets document them, and the centre joint).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A skeleton: joint names (index order), bones as 0-based pairs, centre joint."""
+
+    name: str
+    joints: tuple[str, ...]
+    edges: tuple[tuple[int, int], ...]
+    center: int
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.joints)
+
+
+def _from_one_based(name: str, joints: list[str], bones_1based: list[tuple[int, int]], center_1based: int) -> Layout:
+    edges = tuple((a - 1, b - 1) for a, b in bones_1based)
+    for a, b in edges:
+        if not (0 <= a < len(joints) and 0 <= b < len(joints)):
+            raise ValueError(f"layout {name!r}: bone ({a + 1}, {b + 1}) names a joint outside 1..{len(joints)}")
+    return Layout(name, tuple(joints), edges, center_1based - 1)
+
+
+# Kinect v2 (NTU RGB+D 60/120, PKU-MMD): 25 joints, numbered as in the NTU README.
+NTU25 = _from_one_based(
+    "ntu25",
+    [
+        "spine_base", "spine_mid", "neck", "head",
+        "shoulder_left", "elbow_left", "wrist_left", "hand_left",
+        "shoulder_right", "elbow_right", "wrist_right", "hand_right",
+        "hip_left", "knee_left", "ankle_left", "foot_left",
+        "hip_right", "knee_right", "ankle_right", "foot_right",
+        "spine_shoulder", "handtip_left", "thumb_left", "handtip_right", "thumb_right",
+    ],
+    [
+        (1, 2), (2, 21), (3, 21), (4, 3), (5, 21), (6, 5), (7, 6), (8, 7),
+        (9, 21), (10, 9), (11, 10), (12, 11), (13, 1), (14, 13), (15, 14), (16, 15),
+        (17, 1), (18, 17), (19, 18), (20, 19), (22, 23), (23, 8), (24, 25), (25, 12),
+    ],
+    center_1based=21,
+)
+
+LAYOUTS: dict[str, Layout] = {NTU25.name: NTU25}
+
+
+def get_layout(name: str) -> Layout:
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise KeyError(f"unknown graph layout {name!r}; known: {sorted(LAYOUTS)}") from None
+
+
+def hop_distance(num_nodes: int, edges: tuple[tuple[int, int], ...], max_hop: int) -> np.ndarray:
+    """(V, V) matrix of hop counts between joints, ``inf`` beyond ``max_hop``."""
+    a = np.eye(num_nodes, dtype=bool)
+    link = np.zeros((num_nodes, num_nodes), dtype=bool)
+    for i, j in edges:
+        link[i, j] = link[j, i] = True
+    dist = np.full((num_nodes, num_nodes), np.inf)
+    dist[a] = 0
+    reach = a
+    for d in range(1, max_hop + 1):
+        reach_next = reach | (reach.astype(np.int64) @ link.astype(np.int64) > 0)
+        dist[reach_next & ~reach] = d
+        reach = reach_next
+    return dist
+
+
+def normalize_columns(a: np.ndarray) -> np.ndarray:
+    """A · D⁻¹ with D the column degrees (ST-GCN's ``normalize_digraph``)."""
+    deg = a.sum(axis=0)
+    inv = np.where(deg > 0, 1.0 / np.where(deg > 0, deg, 1.0), 0.0)
+    return a * inv[None, :]
+
+
+def adjacency(layout: Layout | str, strategy: str = "spatial", max_hop: int = 1) -> np.ndarray:
+    """(K, V, V) float32 adjacency stack for a layout.
+
+    Args:
+        layout: a ``Layout`` or its registered name.
+        strategy: ``uniform`` (K=1), ``distance`` (K=max_hop+1) or ``spatial``
+            (ST-GCN's partition into root / closer to centre / further; K=3 for max_hop=1).
+        max_hop: neighbourhood radius in bones.
+
+    Distances to the centre are hop distances capped at ``max_hop`` (beyond is ``inf``),
+    exactly as in the original ST-GCN, so with max_hop=1 most pairs compare inf == inf
+    and fall into the root subset. This reproduces the published configuration.
+    """
+    if isinstance(layout, str):
+        layout = get_layout(layout)
+    v = layout.num_joints
+    dist = hop_distance(v, layout.edges, max_hop)
+    hops = range(max_hop + 1)
+    norm = normalize_columns((dist <= max_hop).astype(np.float64))
+    if strategy == "uniform":
+        stack = [norm]
+    elif strategy == "distance":
+        stack = [np.where(dist == h, norm, 0.0) for h in hops]
+    elif strategy == "spatial":
+        # Entry [j, i]: joint i feeds joint j. Compare both joints' distance to the centre.
+        to_center = dist[:, layout.center]
+        dj, di = to_center[:, None], to_center[None, :]
+        stack = []
+        for h in hops:
+            at_hop = dist == h
+            root = np.where(at_hop & (dj == di), norm, 0.0)
+            if h == 0:
+                stack.append(root)
+                continue
+            close = np.where(at_hop & (dj > di), norm, 0.0)
+            further = np.where(at_hop & (dj < di), norm, 0.0)
+            stack += [root + close, further]
+    else:
+        raise ValueError(f"unknown graph strategy {strategy!r}; use uniform, distance or spatial")
+    return np.stack(stack).astype(np.float32)
