@@ -1,0 +1,110 @@
+"""Assemble the tensors of one zero-shot run from a prepared split.
+
+* ``train``: seen-class training samples, minus the validation classes;
+* ``val``: training-subject samples of the validation classes (held-out seen classes,
+  treated as unseen for model selection);
+* ``unseen``: the unseen test classes (scored once, with the selected checkpoint);
+* ``seen_test``: seen-class test samples when the split has them (for GZSL).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data import demo
+from data.arrays import ArraySpec, DataError, load_part, part_paths
+from data.catalog import DatasetSpec, split_dir
+
+
+@dataclass
+class Subset:
+    x: torch.Tensor        # (N, C, T, V, M) float32
+    y: torch.Tensor        # (N,) int64 class ids of the full dataset
+    classes: list[int]     # the candidate classes when this subset is classified zero-shot
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class ZeroShotData:
+    train: Subset
+    val: Subset | None
+    unseen: Subset
+    seen_test: Subset | None
+
+
+def resample_time(x: np.ndarray, frames: int, chunk: int = 1024) -> np.ndarray:
+    """Linear resampling along T to ``frames`` (``(N, C, T, V, M)``), chunked.
+
+    Same as the original Setting-2 stretch ``F.interpolate(..., mode="trilinear",
+    align_corners=False)`` with unit scale on V and M."""
+    n, c, t, v, m = x.shape
+    if t == frames:
+        return x
+    out = np.empty((n, c, frames, v, m), np.float32)
+    for s in range(0, n, chunk):
+        block = torch.from_numpy(np.ascontiguousarray(x[s:s + chunk]))
+        out[s:s + chunk] = F.interpolate(block, size=(frames, v, m), mode="trilinear", align_corners=False).numpy()
+    return out
+
+
+def ensure_prepared(data_root: str | Path, dataset: str, split: str | int) -> None:
+    """The demo data is generated on first use (about a second); other datasets are prepared by
+    their own command, named in the error when their files are missing."""
+    if dataset == "demo" and not demo.is_prepared(data_root, split):
+        demo.prepare(data_root)
+
+
+def load_zero_shot(data_root: str | Path, spec: DatasetSpec, split: str | int, unseen: list[int],
+                   val: list[int], frames: int, use_val: bool = True) -> ZeroShotData:
+    """Load, validate and carve one split.
+
+    Args:
+        data_root: folder holding ``zeroshot/<dataset>/split_<k>/``.
+        spec: the dataset's spec (class count, joints, persons, prepare command).
+        split: split id.
+        unseen: unseen test classes; val: validation classes (held out of the seen ones).
+        frames: T the model sees (data is resampled if it differs).
+        use_val: hold the validation classes out of training (False: train on all seen classes).
+    """
+    ensure_prepared(data_root, spec.name, split)
+    d = split_dir(data_root, spec.name, split)
+    arr = ArraySpec(spec.num_classes, 3, _layout_joints(spec.layout), spec.num_person)
+    unseen_set = set(unseen)
+    seen = set(range(spec.num_classes)) - unseen_set
+    overlap = sorted(set(val) & unseen_set)
+    if overlap:
+        raise DataError(f"validation classes {overlap} are also unseen classes")
+    x, y = load_part(d, "seen_train", arr, allowed=seen, required=set(val) if use_val else None,
+                     hint=spec.prepare)
+    ux, uy = load_part(d, "unseen", arr, allowed=unseen_set, required=unseen_set, hint=spec.prepare)
+
+    def subset(xs: np.ndarray, ys: np.ndarray, classes: list[int]) -> Subset:
+        return Subset(torch.from_numpy(resample_time(xs, frames)), torch.from_numpy(ys), sorted(classes))
+
+    if use_val:
+        is_val = np.isin(y, val)
+        train_classes = sorted(seen - set(val))
+        train = subset(x[~is_val], y[~is_val], train_classes)
+        val_set = subset(x[is_val], y[is_val], list(val))
+    else:
+        train, val_set = subset(x, y, sorted(seen)), None
+    if len(train) == 0:
+        raise DataError(f"{d}: no training samples left after holding out validation classes {val}")
+
+    seen_test = None
+    if all(p.is_file() for p in part_paths(d, "seen_test")):
+        sx, sy = load_part(d, "seen_test", arr, allowed=seen, hint=spec.prepare)
+        seen_test = subset(sx, sy, sorted(seen))
+    return ZeroShotData(train, val_set, subset(ux, uy, sorted(unseen)), seen_test)
+
+
+def _layout_joints(layout: str) -> int:
+    from module.graph import get_layout
+
+    return get_layout(layout).num_joints

@@ -1,0 +1,106 @@
+"""The array reader refuses bad input with the file, the index and the fix in its message."""
+import numpy as np
+import pytest
+
+from data.arrays import ArraySpec, DataError, load_pair, save_part
+from data.catalog import draw_val_classes, split_spec
+
+SPEC = ArraySpec(num_classes=6, channels=3, joints=25, persons=2)
+
+
+def write(tmp_path, data, labels, name="part"):
+    d, l = tmp_path / f"{name}_data.npy", tmp_path / f"{name}_label.npy"
+    np.save(d, data)
+    np.save(l, labels)
+    return d, l
+
+
+def good(n=8, t=10):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 3, t, 25, 2)).astype(np.float32), np.arange(n, dtype=np.int64) % 6
+
+
+def test_valid_pair_loads_into_memory(tmp_path):
+    x, y = good()
+    data, labels = load_pair(*write(tmp_path, x, y), SPEC)
+    assert data.shape == x.shape and data.flags.writeable and labels.dtype == np.int64
+    np.testing.assert_array_equal(data, x)
+
+
+def test_missing_file_names_path_and_command(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        load_pair(tmp_path / "nope_data.npy", tmp_path / "nope_label.npy", SPEC, hint="python main.py prepare with dataset=ntu60")
+    assert "nope_data.npy" in str(e.value) and "python main.py prepare with dataset=ntu60" in str(e.value)
+
+
+def test_corrupt_file(tmp_path):
+    d, l = write(tmp_path, *good())
+    d.write_bytes(d.read_bytes()[:100])  # truncated
+    with pytest.raises(DataError, match="part_data.npy"):
+        load_pair(d, l, SPEC)
+
+
+@pytest.mark.parametrize("shape,match", [((8, 3, 10, 25), "expected 5 dims"), ((8, 2, 10, 25, 2), "does not match"),
+                                         ((8, 3, 10, 20, 2), "does not match"), ((8, 3, 10, 25, 1), "does not match")])
+def test_wrong_shapes(tmp_path, shape, match):
+    x = np.zeros(shape, np.float32)
+    with pytest.raises(DataError, match=match):
+        load_pair(*write(tmp_path, x, np.zeros(8, np.int64)), SPEC)
+
+
+def test_wrong_dtype(tmp_path):
+    x, y = good()
+    with pytest.raises(DataError, match="float64, expected float32"):
+        load_pair(*write(tmp_path, x.astype(np.float64), y), SPEC)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_names_the_sample(tmp_path, bad):
+    x, y = good()
+    x[5, 1, 3, 7, 0] = bad
+    with pytest.raises(DataError, match="NaN or Inf in sample 5"):
+        load_pair(*write(tmp_path, x, y), SPEC)
+
+
+def test_label_problems(tmp_path):
+    x, y = good()
+    with pytest.raises(DataError, match="7 labels for 8 samples"):
+        load_pair(*write(tmp_path, x, y[:7]), SPEC)
+    y2 = y.copy()
+    y2[4] = 6
+    with pytest.raises(DataError, match="label 6 at index 4 outside 0..5"):
+        load_pair(*write(tmp_path, x, y2), SPEC)
+    with pytest.raises(DataError, match="1-D integer"):
+        load_pair(*write(tmp_path, x, y.astype(np.float32)), SPEC)
+
+
+def test_unseen_class_in_training_data_is_refused(tmp_path):
+    x, y = good()
+    with pytest.raises(DataError, match=r"class 2 at index 2 is not allowed"):
+        load_pair(*write(tmp_path, x, y), SPEC, allowed={0, 1, 3, 4, 5})
+
+
+def test_unseen_class_absent_from_test_set(tmp_path):
+    x, y = good()
+    y[y == 4] = 3
+    with pytest.raises(DataError, match=r"classes \[4\] have no samples"):
+        load_pair(*write(tmp_path, x, y), SPEC, required={3, 4})
+
+
+def test_save_part_round_trip(tmp_path):
+    x, y = good()
+    save_part(tmp_path, "unseen", x, y)
+    data, labels = load_pair(tmp_path / "unseen_data.npy", tmp_path / "unseen_label.npy", SPEC)
+    np.testing.assert_array_equal(labels, y)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_published_splits_and_drawn_validation():
+    assert split_spec("ntu60", 2)["unseen"] == [12, 29, 32, 44, 59]
+    assert split_spec("ntu120", 24)["val"][:3] == [1, 3, 4]
+    with pytest.raises(ValueError, match="not defined for dataset 'pku'"):
+        split_spec("pku", 1)
+    unseen = split_spec("ntu60", 1)["unseen"]
+    val = draw_val_classes(60, unseen, 5, seed=0)
+    assert val == draw_val_classes(60, unseen, 5, seed=0) and len(val) == 5
+    assert not set(val) & set(unseen)
