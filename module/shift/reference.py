@@ -2,31 +2,42 @@
 
 Semantics: ``docs/SHIFT_OP.md`` (measured from the original CUDA kernel). Input ``x`` is
 ``(N, C, H, W)`` with H = time and W = joints; every channel ``c`` is resampled
-bilinearly at the *effective* position ``(X[c], Y[c])`` (the caller adds the +0.5 of a
+bilinearly at its *effective* position ``(X[c], Y[c])`` (the caller adds the +0.5 of a
 strided shift to Y), with stride ``s`` along H and zeros outside the input:
 
-    out[n, c, h, w] = sum over the four corners (dy_k, dx_k) of
-                      weight_k * x[n, c, h*s + floor(Y) + dy_k, w + floor(X) + dx_k]
+    out[n, c, h, w] = q11 (1-dx)(1-dy) + q21 dx (1-dy) + q12 (1-dx) dy + q22 dx dy,
+    q_ab = x[n, c, h*s + y1 + (b-1), w + x1 + (a-1)]   (0 outside [0, H) x [0, W)),
+    x1, y1 = floor(X), floor(Y) (taken in float32), dx, dy = X - x1, Y - y1.
 
-Everything is tensor arithmetic on the inputs (no ``.item()``, no Python integers that
-depend on values), so the functions trace and run on any device.
+Bilinear sampling separates into the two axes, so per channel the op is a product of
+two small matrices with the input plane:
 
-The three functions here are the backend interface ``module.shift.op`` expects
-(the CUDA extension exposes the same three):
+    out[n, c] = A_c @ x[n, c] @ B_c^T,
+    A_c (H_out, H): row h holds 1-dy at column h*s + y1 and dy at column h*s + y1 + 1,
+    B_c (W, W):     row w holds 1-dx at column w + x1 and dx at column w + x1 + 1,
+
+where a tap outside the input simply has no column (it reads zero). The input gradient
+is then exactly ``A_c^T @ g @ B_c``. Batched matrix products compute this two to three
+times faster on a CPU than gathering the four taps element by element (measured on 2
+cores), although most matrix entries are zero. The one observable difference from the
+kernel: a non-finite input value also reaches outputs that weight it by zero
+(0 * inf = nan), where the original kernel never reads it.
+
+Everything is tensor arithmetic on the inputs (no ``.item()``, no Python numbers that
+depend on values), so the functions trace/export and run on any device.
+
+The three functions are the backend interface ``module.shift.op`` expects (the CUDA
+extension exposes the same three):
 
 * ``forward(x, X, Y, stride)`` -> ``(N, C, H // stride, W)``
-* ``input_grad(g, X, Y, stride, height)`` -> ``(N, C, height, W)``: the exact transpose
+* ``input_grad(g, X, Y, stride, height)`` -> ``(N, C, height, W)``, the exact transpose
 * ``position_sums(x, g, X, Y, stride)`` -> ``(sum_x, sum_y)``, each ``(C,)``: the sums over
-  n, h, w of ``g * d out / d X`` and ``g * d out / d Y`` (the raw material of both the
-  original's constrained position gradient and the exact one).
+  n, h, w of ``g * d out / d X`` and ``g * d out / d Y``, the raw material of both the
+  original's constrained position gradient and the exact one.
 """
 from __future__ import annotations
 
 import torch
-
-# The four bilinear corners, in the original kernel's order q11, q21, q12, q22:
-# (row offset from floor(Y), column offset from floor(X)).
-CORNERS: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (1, 0), (1, 1))
 
 
 def corners(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -43,95 +54,87 @@ def corners(X: torch.Tensor, Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return x1, y1, X - x1.to(X.dtype), Y - y1.to(Y.dtype)
 
 
-def corner_weights(dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    """(4, C) bilinear weights of the corners q11, q21, q12, q22."""
-    return torch.stack(((1 - dx) * (1 - dy), dx * (1 - dy), (1 - dx) * dy, dx * dy))
+def _scatter_rows(start: torch.Tensor, value: torch.Tensor, n_out: int, n_in: int, step: int,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """Add ``value[c]`` at column o*step + start[c] of every row o, in (C, n_out, n_in).
 
-
-def _gather_taps(src: torch.Tensor, row: torch.Tensor, col: torch.Tensor, rows_ok: torch.Tensor,
-                 height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read ``src`` (N, C, height, width) at per-channel rows/cols, zero where invalid.
-
-    Args:
-        row: (C, P, 1) source rows; col: (C, 1, Q) source columns.
-        rows_ok: (C, P, 1) extra row validity (used by the strided transpose).
-
-    Returns:
-        values (N, C, P, Q) (zeros outside) and the validity mask (C, P, Q).
+    Columns outside [0, n_in) go to a spare last column that is cut off (the tap reads zero).
     """
-    n, c = src.shape[:2]
-    ok = rows_ok & (row >= 0) & (row < height) & (col >= 0) & (col < width)  # (C, P, Q)
-    flat = row.clamp(0, height - 1) * width + col.clamp(0, width - 1)       # (C, P, Q)
-    p, q = ok.shape[1], ok.shape[2]
-    vals = src.reshape(n, c, height * width).gather(2, flat.reshape(1, c, p * q).expand(n, c, p * q))
-    return vals.view(n, c, p, q), ok
+    c = start.shape[0]
+    col = torch.arange(n_out, device=start.device)[None, :] * step + start[:, None]  # (C, n_out)
+    col = torch.where((col >= 0) & (col < n_in), col, n_in)
+    if out is None:
+        out = torch.zeros(c, n_out, n_in + 1, dtype=value.dtype, device=start.device)
+    out.scatter_add_(2, col.unsqueeze(2), value[:, None, None].expand(c, n_out, 1))
+    return out
+
+
+def _interp(start: torch.Tensor, frac: torch.Tensor, n_out: int, n_in: int, step: int, dtype: torch.dtype,
+            derivative: bool = False) -> torch.Tensor:
+    """(C, n_out, n_in) linear-interpolation matrices: (1 - frac) at the start column, frac at the next.
+
+    With ``derivative``: their derivative w.r.t. frac, -1 at the start column and +1 at the next.
+    """
+    f = frac.to(dtype)
+    lo, hi = (-torch.ones_like(f), torch.ones_like(f)) if derivative else (1 - f, f)
+    m = _scatter_rows(start, lo, n_out, n_in, step)
+    return _scatter_rows(start + 1, hi, n_out, n_in, step, out=m)[:, :, :n_in]
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (C, H, N*W): each channel's planes side by side, so one bmm per channel."""
+    n, c, h, w = t.shape
+    return t.permute(1, 2, 0, 3).reshape(c, h, n * w)
+
+
+def _unrows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """(C, H, N*W) -> (N, C, H, W)."""
+    c, h, nw = t.shape
+    return t.view(c, h, n, nw // n).permute(2, 0, 1, 3).contiguous()
 
 
 def forward(x: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, stride: int) -> torch.Tensor:
     """Bilinear per-channel shift: (N, C, H, W) -> (N, C, H // stride, W)."""
-    _, _, h, w = x.shape
+    n, c, h, w = x.shape
     h_out = h // stride
     x1, y1, dx, dy = corners(X, Y)
-    wts = corner_weights(dx, dy)  # (4, C)
-    rows = torch.arange(h_out, device=x.device) * stride  # (H_out,)
-    cols = torch.arange(w, device=x.device)               # (W,)
-    always = torch.ones((), dtype=torch.bool, device=x.device)
-    out = None
-    for k, (oy, ox) in enumerate(CORNERS):
-        r = (rows[None, :] + (y1 + oy)[:, None]).unsqueeze(2)  # (C, H_out, 1)
-        c = (cols[None, :] + (x1 + ox)[:, None]).unsqueeze(1)  # (C, 1, W)
-        q, ok = _gather_taps(x, r, c, always, h, w)
-        term = q * (wts[k][:, None, None] * ok)                # (N, C, H_out, W)
-        out = term if out is None else out + term
-    return out.to(x.dtype)
+    A = _interp(y1, dy, h_out, h, stride, x.dtype)  # (C, H_out, H)
+    B = _interp(x1, dx, w, w, 1, x.dtype)           # (C, W, W)
+    t = torch.bmm(A, _rows(x))                      # (C, H_out, N*W): along time
+    t = torch.bmm(t.view(c, h_out * n, w), B.transpose(1, 2))  # (C, H_out*N, W): along joints
+    return _unrows(t.view(c, h_out, n * w), n)
 
 
 def input_grad(g: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, stride: int, height: int) -> torch.Tensor:
-    """Exact transpose of ``forward`` w.r.t. x: (N, C, H_out, W) -> (N, C, height, W).
-
-    Input row i received output row h through corner k iff i = h*stride + y1 + oy_k, so
-    grad[i, j] = sum_k weight_k * g[(i - y1 - oy_k) / stride, j - x1 - ox_k] wherever that
-    row is a non-negative multiple of the stride below H_out * stride (for stride 1:
-    bilinear sampling of g at (-X, -Y), as in the original kernel).
-    """
-    _, _, h_out, w = g.shape
+    """Exact transpose of ``forward`` w.r.t. x: (N, C, H_out, W) -> (N, C, height, W)."""
+    n, c, h_out, w = g.shape
     x1, y1, dx, dy = corners(X, Y)
-    wts = corner_weights(dx, dy)
-    rows = torch.arange(height, device=g.device)
-    cols = torch.arange(w, device=g.device)
-    out = None
-    for k, (oy, ox) in enumerate(CORNERS):
-        src = (rows[None, :] - (y1 + oy)[:, None]).unsqueeze(2)        # (C, height, 1) rows of g * stride
-        on_grid = (src >= 0) & (src.remainder(stride) == 0)
-        r = torch.div(src, stride, rounding_mode="floor")
-        c = (cols[None, :] - (x1 + ox)[:, None]).unsqueeze(1)          # (C, 1, W)
-        q, ok = _gather_taps(g, r, c, on_grid, h_out, w)
-        term = q * (wts[k][:, None, None] * ok)
-        out = term if out is None else out + term
-    return out.to(g.dtype)
+    A = _interp(y1, dy, h_out, height, stride, g.dtype)
+    B = _interp(x1, dx, w, w, 1, g.dtype)
+    t = torch.bmm(A.transpose(1, 2), _rows(g))      # (C, height, N*W)
+    t = torch.bmm(t.view(c, height * n, w), B)      # (C, height*N, W)
+    return _unrows(t.view(c, height, n * w), n)
 
 
 def position_sums(x: torch.Tensor, g: torch.Tensor, X: torch.Tensor, Y: torch.Tensor,
                   stride: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums over (n, h, w) of g * d out/d X and g * d out/d Y, each (C,) in X's dtype.
 
-    With q the four corners read from x: d out/d X = (1-dy)(q21-q11) + dy(q22-q12) and
-    d out/d Y = (1-dx)(q12-q11) + dx(q22-q21) (the original kernel's val_x, val_y).
+    out = A x B^T is linear in dy through A and in dx through B, so with A' = dA/d dy and
+    B' = dB/d dx (-1 at the first tap, +1 at the second):
+        sum_y = sum_n <g, A' x B^T> = sum_n <g B, A' x>,   sum_x = sum_n <g B', A x>,
+    which expand to the original kernel's per-element terms
+    val_y = (1-dx)(q12-q11) + dx(q22-q21) and val_x = (1-dy)(q21-q11) + dy(q22-q12).
     """
-    _, _, h, w = x.shape
+    n, c, h, w = x.shape
     h_out = h // stride
     x1, y1, dx, dy = corners(X, Y)
-    rows = torch.arange(h_out, device=x.device) * stride
-    cols = torch.arange(w, device=x.device)
-    always = torch.ones((), dtype=torch.bool, device=x.device)
-    dt = X.dtype
-    s = []  # per corner: sum over n, h, w of g * q_k, shape (C,)
-    for oy, ox in CORNERS:
-        r = (rows[None, :] + (y1 + oy)[:, None]).unsqueeze(2)
-        c = (cols[None, :] + (x1 + ox)[:, None]).unsqueeze(1)
-        q, ok = _gather_taps(x, r, c, always, h, w)
-        s.append((q.to(dt) * ok * g.to(dt)).sum(dim=(0, 2, 3)))
-    s11, s21, s12, s22 = s
-    sum_x = (1 - dy) * (s21 - s11) + dy * (s22 - s12)
-    sum_y = (1 - dx) * (s12 - s11) + dx * (s22 - s21)
+    dt = x.dtype
+    A2 = torch.cat([_interp(y1, dy, h_out, h, stride, dt), _interp(y1, dy, h_out, h, stride, dt, derivative=True)], 1)
+    ax = torch.bmm(A2, _rows(x)).view(c, 2, h_out * n * w)    # A x and A' x: (C, 2, H_out*N*W)
+    gr = _rows(g).view(c, h_out * n, w)
+    gb = torch.bmm(gr, _interp(x1, dx, w, w, 1, dt)).view(c, 1, -1)                    # g B
+    gdb = torch.bmm(gr, _interp(x1, dx, w, w, 1, dt, derivative=True)).view(c, 1, -1)  # g B'
+    sum_x = torch.bmm(gdb, ax[:, 0].unsqueeze(2)).view(c).to(X.dtype)  # batched dot products per channel
+    sum_y = torch.bmm(gb, ax[:, 1].unsqueeze(2)).view(c).to(X.dtype)
     return sum_x, sum_y
