@@ -39,11 +39,28 @@ POS_GRADS = ("constrained", "exact")
 
 
 class ShiftBackend(Protocol):
+    """What an implementation provides (``module/shift/reference.py`` documents the semantics)."""
+
     def forward(self, x: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, stride: int) -> torch.Tensor: ...
-    def input_grad(self, g: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, stride: int,
-                   height: int) -> torch.Tensor: ...
-    def position_sums(self, x: torch.Tensor, g: torch.Tensor, X: torch.Tensor, Y: torch.Tensor,
-                      stride: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def backward(self, x: torch.Tensor | None, g: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, stride: int,
+                 height: int, need_input: bool = True) -> tuple[torch.Tensor | None, ...]: ...
+
+
+class CudaBackend:
+    """The compiled extension behind the backend interface."""
+
+    def __init__(self, ext: ModuleType):
+        self.ext = ext
+
+    def forward(self, x: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, stride: int) -> torch.Tensor:
+        return self.ext.forward(x, X, Y, stride)
+
+    def backward(self, x: torch.Tensor | None, g: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, stride: int,
+                 height: int, need_input: bool = True) -> tuple[torch.Tensor | None, ...]:
+        grad_x = self.ext.input_grad(g, X, Y, stride, height) if need_input else None
+        sum_x, sum_y = self.ext.position_sums(x, g, X, Y, stride) if x is not None else (None, None)
+        return grad_x, sum_x, sum_y
 
 
 def constrain(raw_x: torch.Tensor, raw_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,11 +105,11 @@ class _TemporalShift(torch.autograd.Function):
         x, X, Y = ctx.saved_tensors
         g = g.contiguous()
         need_x, need_X, need_Y = ctx.needs_input_grad[:3]
-        grad_x = grad_X = grad_Y = None
-        if need_x:
-            grad_x = ctx.backend.input_grad(g, X, Y, ctx.stride, x.shape[2])
-        if need_X or need_Y:
-            sum_x, sum_y = ctx.backend.position_sums(x, g, X, Y, ctx.stride)
+        need_pos = need_X or need_Y
+        grad_x, sum_x, sum_y = ctx.backend.backward(x if need_pos else None, g, X, Y, ctx.stride, x.shape[2],
+                                                    need_input=need_x)
+        grad_X = grad_Y = None
+        if need_pos:
             if ctx.pos_grad == "exact":
                 grad_X, grad_Y = sum_x, sum_y
             else:  # the original: batch mean, then the sign-step constraint
@@ -106,10 +123,10 @@ _warned_auto = False
 _warn_lock = threading.Lock()
 
 
-def _cuda_backend() -> ModuleType:
+def _cuda_backend() -> CudaBackend:
     from module.shift.build import load_extension  # deferred: importing it never compiles
 
-    return load_extension()
+    return CudaBackend(load_extension())
 
 
 def resolve_backend(x: torch.Tensor, impl: str) -> ShiftBackend:

@@ -26,14 +26,15 @@ kernel: a non-finite input value also reaches outputs that weight it by zero
 Everything is tensor arithmetic on the inputs (no ``.item()``, no Python numbers that
 depend on values), so the functions trace/export and run on any device.
 
-The three functions are the backend interface ``module.shift.op`` expects (the CUDA
-extension exposes the same three):
+Functions (the CUDA extension exposes the first three with the same signatures):
 
 * ``forward(x, X, Y, stride)`` -> ``(N, C, H // stride, W)``
 * ``input_grad(g, X, Y, stride, height)`` -> ``(N, C, height, W)``, the exact transpose
 * ``position_sums(x, g, X, Y, stride)`` -> ``(sum_x, sum_y)``, each ``(C,)``: the sums over
   n, h, w of ``g * d out / d X`` and ``g * d out / d Y``, the raw material of both the
-  original's constrained position gradient and the exact one.
+  original's constrained position gradient and the exact one;
+* ``backward(x, g, X, Y, stride, height, need_input)``: both of the last two at once,
+  sharing their common product (what ``module.shift.op`` calls).
 """
 from __future__ import annotations
 
@@ -106,35 +107,49 @@ def forward(x: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, stride: int) -> t
 
 
 def input_grad(g: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, stride: int, height: int) -> torch.Tensor:
-    """Exact transpose of ``forward`` w.r.t. x: (N, C, H_out, W) -> (N, C, height, W)."""
-    n, c, h_out, w = g.shape
-    x1, y1, dx, dy = corners(X, Y)
-    A = _interp(y1, dy, h_out, height, stride, g.dtype)
-    B = _interp(x1, dx, w, w, 1, g.dtype)
-    t = torch.bmm(A.transpose(1, 2), _rows(g))      # (C, height, N*W)
-    t = torch.bmm(t.view(c, height * n, w), B)      # (C, height*N, W)
-    return _unrows(t.view(c, height, n * w), n)
+    """Exact transpose of ``forward`` w.r.t. x: A^T (g B), (N, C, H_out, W) -> (N, C, height, W)."""
+    return backward(None, g, X, Y, stride, height)[0]
 
 
 def position_sums(x: torch.Tensor, g: torch.Tensor, X: torch.Tensor, Y: torch.Tensor,
                   stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums over (n, h, w) of g * d out/d X and g * d out/d Y, each (C,) in X's dtype.
+    """Sums over (n, h, w) of g * d out/d X and g * d out/d Y, each (C,) in X's dtype."""
+    _, sum_x, sum_y = backward(x, g, X, Y, stride, x.shape[2], need_input=False)
+    return sum_x, sum_y
 
-    out = A x B^T is linear in dy through A and in dx through B, so with A' = dA/d dy and
-    B' = dB/d dx (-1 at the first tap, +1 at the second):
+
+def backward(x: torch.Tensor | None, g: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, stride: int, height: int,
+             need_input: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The input gradient and/or the position sums, sharing g B between them.
+
+    Input gradient: A^T (g B). Position sums: out = A x B^T is linear in dy through A and in
+    dx through B, so with A' = dA/d dy and B' = dB/d dx (-1 at the first tap, +1 at the second)
         sum_y = sum_n <g, A' x B^T> = sum_n <g B, A' x>,   sum_x = sum_n <g B', A x>,
     which expand to the original kernel's per-element terms
     val_y = (1-dx)(q12-q11) + dx(q22-q21) and val_x = (1-dy)(q21-q11) + dy(q22-q12).
+
+    Args:
+        x: the forward's input (N, C, height, W), or None when only the input gradient is wanted.
+        g: (N, C, H_out, W) gradient of the output.
+
+    Returns:
+        ``(grad_x or None, sum_x or None, sum_y or None)``.
     """
-    n, c, h, w = x.shape
-    h_out = h // stride
+    n, c, h_out, w = g.shape
     x1, y1, dx, dy = corners(X, Y)
-    dt = x.dtype
-    A2 = torch.cat([_interp(y1, dy, h_out, h, stride, dt), _interp(y1, dy, h_out, h, stride, dt, derivative=True)], 1)
-    ax = torch.bmm(A2, _rows(x)).view(c, 2, h_out * n * w)    # A x and A' x: (C, 2, H_out*N*W)
+    dt = g.dtype
     gr = _rows(g).view(c, h_out * n, w)
-    gb = torch.bmm(gr, _interp(x1, dx, w, w, 1, dt)).view(c, 1, -1)                    # g B
-    gdb = torch.bmm(gr, _interp(x1, dx, w, w, 1, dt, derivative=True)).view(c, 1, -1)  # g B'
-    sum_x = torch.bmm(gdb, ax[:, 0].unsqueeze(2)).view(c).to(X.dtype)  # batched dot products per channel
-    sum_y = torch.bmm(gb, ax[:, 1].unsqueeze(2)).view(c).to(X.dtype)
-    return sum_x, sum_y
+    gb = torch.bmm(gr, _interp(x1, dx, w, w, 1, dt))                   # g B: (C, H_out*N, W)
+    grad_x = sum_x = sum_y = None
+    if need_input:
+        a_t = _interp(y1, dy, h_out, height, stride, dt).transpose(1, 2)  # A^T: (C, height, H_out)
+        grad_x = _unrows(torch.bmm(a_t, gb.view(c, h_out, n * w)), n)
+    if x is not None:
+        A2 = torch.cat([_interp(y1, dy, h_out, height, stride, dt),
+                        _interp(y1, dy, h_out, height, stride, dt, derivative=True)], 1)
+        ax = torch.bmm(A2, _rows(x)).view(c, 2, h_out * n * w)      # A x and A' x
+        gdb = torch.bmm(gr, _interp(x1, dx, w, w, 1, dt, derivative=True))  # g B'
+        # per-channel dot products as (1 x L) @ (L x 1) products
+        sum_x = torch.bmm(gdb.view(c, 1, -1), ax[:, 0].unsqueeze(2)).view(c).to(X.dtype)
+        sum_y = torch.bmm(gb.view(c, 1, -1), ax[:, 1].unsqueeze(2)).view(c).to(X.dtype)
+    return grad_x, sum_x, sum_y
