@@ -44,7 +44,8 @@ def _effective(X, Y, stride):
 @pytest.mark.slow
 def test_cuda_source_compiles_with_nvcc(tmp_path):
     """nvcc compiles the kernels and g++ the bindings against this torch's headers (objects only:
-    linking needs the CUDA build of torch)."""
+    linking needs the CUDA build of torch). sm_80 is accepted by every nvcc that supports the
+    C++20 these headers need."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc is not on PATH: cannot check that the CUDA source compiles")
@@ -64,7 +65,7 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
     kernel = next(p for p in SOURCES if p.suffix == ".cu")
     binding = next(p for p in SOURCES if p.suffix == ".cpp")
     jobs = {
-        "nvcc": [nvcc, "-c", "-std=c++20", "-O3", "-arch=sm_90", *NVCC_FLAGS, *includes, str(kernel),
+        "nvcc": [nvcc, "-c", "-std=c++20", "-O3", "-arch=sm_80", *NVCC_FLAGS, *includes, str(kernel),
                  "-o", str(tmp_path / "kernel.o")],
         "c++": [cxx, "-c", "-std=c++20", "-O1", "-fPIC", *includes, f"-I{py_include}",
                 "-DTORCH_EXTENSION_NAME=pgfa_shift_check", "-DTORCH_API_INCLUDE_EXTENSION_H", str(binding),
