@@ -1,7 +1,8 @@
 """Training / evaluation speed of the backbones against this machine's own ceiling (not a test).
 
     python -m experiments.benchmark                     # the full table (about 10 minutes on 2 cores)
-    python -m experiments.benchmark --quick             # fewer rows and rounds (about 3 minutes)
+    python -m experiments.benchmark --quick             # fewer rows and rounds (about 4 minutes)
+    python -m experiments.benchmark --big               # + Shift-GCN at batch 128 (needs ~30 GiB of memory)
     python -m experiments.benchmark --json bench.json   # also write the rows as JSON
     python -m experiments.benchmark --device cuda --epoch-samples 37000   # on a GPU: + epoch times
 
@@ -46,6 +47,7 @@ import torch
 from experiments.runtime import ALLOCATOR_ENV
 
 FRAMES = {"stgcn": 50, "shiftgcn": 64}
+EXTRA_MALLOC = ("MALLOC_MMAP_THRESHOLD_", "THP_MEM_ALLOC_ENABLE", "MALLOC_ARENA_MAX")
 PERSONS, JOINTS, TEXT_DIM, CLASSES = 2, 25, 768, 40
 
 
@@ -95,13 +97,12 @@ def _autocast(spec: Spec, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.bf16)
 
 
-def _train_step(spec: Spec, device: torch.device, formulation: str | None = None):
-    """A closure running one training step, and its batch size."""
+def _train_step(spec: Spec, device: torch.device):
+    """A closure running one training step."""
     from module.losses import get_loss
 
-    s = Spec(**{**asdict(spec), "formulation": formulation or spec.formulation})
     torch.manual_seed(0)
-    model = _model(s, device).train()
+    model = _model(spec, device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(spec.batch, 3, _frames(spec), JOINTS, PERSONS, device=device)
     y = torch.randint(0, CLASSES, (spec.batch,), device=device)
@@ -110,7 +111,7 @@ def _train_step(spec: Spec, device: torch.device, formulation: str | None = None
 
     def step():
         opt.zero_grad(set_to_none=True)
-        with _autocast(s, device):
+        with _autocast(spec, device):
             emb = model(x)
         loss_fn(emb.float(), text[y], y, model.scale()).backward()
         opt.step()
@@ -118,15 +119,15 @@ def _train_step(spec: Spec, device: torch.device, formulation: str | None = None
     return step
 
 
-def _eval_step(spec: Spec, device: torch.device, formulation: str | None = None):
-    s = Spec(**{**asdict(spec), "formulation": formulation or spec.formulation})
+def _eval_step(spec: Spec, device: torch.device):
+    """A closure running one evaluation forward pass."""
     torch.manual_seed(0)
-    model = _model(s, device).eval()
+    model = _model(spec, device).eval()
     x = torch.randn(spec.batch, 3, _frames(spec), JOINTS, PERSONS, device=device)
 
     @torch.no_grad()
     def step():
-        with _autocast(s, device):
+        with _autocast(spec, device):
             model(x)
 
     return step
@@ -193,11 +194,8 @@ def worker(spec: Spec) -> None:
         step, info_epoch = _epoch_runner(spec, device)
         info.update(info_epoch)
     else:
-        make = _train_step if spec.kind == "train" else _eval_step
-        fn = make(spec, device)
-        info["exec_flops"] = _count_flops(fn) / spec.batch
-        info["model_flops"] = (info["exec_flops"] if spec.formulation == "reference" and not spec.bf16
-                               else _count_flops(make(spec, device, "reference")) / spec.batch)
+        fn = (_train_step if spec.kind == "train" else _eval_step)(spec, device)
+        info["exec_flops"] = _count_flops(fn) / spec.batch  # the model count: the reference row's
         info["samples"] = spec.batch
         fn()  # warm-up (the counted step was the first)
 
@@ -273,10 +271,12 @@ class Row:
 class Worker:
     def __init__(self, spec: Spec):
         env = dict(os.environ)
-        for k in ALLOCATOR_ENV:
+        for k in (*ALLOCATOR_ENV, *EXTRA_MALLOC):
             env.pop(k, None)
         if spec.malloc == "keep":
             env.update(ALLOCATOR_ENV)
+        elif spec.malloc.startswith("env:"):
+            env.update(dict(kv.split("=") for kv in spec.malloc[4:].split(",")))
         env["PGFA_ALLOCATOR"] = spec.malloc  # never re-exec
         self.row = Row(spec)
         self.proc = subprocess.Popen([sys.executable, "-m", "experiments.benchmark", "--worker", json.dumps(asdict(spec))],
@@ -330,8 +330,8 @@ def groups(args) -> list[tuple[str, list[Spec]]]:
     out = []
     for backbone in ("stgcn", "shiftgcn"):
         for batch in (32, 128):
-            if args.quick and backbone == "shiftgcn" and batch == 128:
-                continue
+            if backbone == "shiftgcn" and batch == 128 and not args.big:
+                continue  # about 19 GiB for the reference formulation's worker at 64 frames x 2 persons
             rows = [s("train", backbone, "reference", batch), s("train", backbone, "fast", batch)]
             if batch == 128 and backbone == "stgcn" and not args.quick and dev == "cpu":
                 rows = [s("train", backbone, "reference", batch, "system"), rows[0],
@@ -355,10 +355,13 @@ def table(title: str, rows: list[Row]) -> list[str]:
     lines = [title]
     if ceil:
         lines.append(f"  {'conv ceiling (best layout)':44s} {ceil_gfs:8.1f} GFLOP/s   ({ceil.median * 1e3:.0f} ms per step)")
-    ref = {}
+    ref = {}  # the reference row: the speed baseline, and its FLOP count is every row's model count
     for r in rows:
         if r.spec.kind in ("train", "eval") and r.spec.formulation == "reference" and r.spec.malloc == "keep":
             ref[r.spec.backbone] = r
+    for r in rows:
+        if r.spec.backbone in ref:
+            r.info["model_flops"] = ref[r.spec.backbone].info["exec_flops"]
     lines.append(f"  {'configuration':44s} {'samples/s':>9s} {'x ref':>6s} {'GFLOP/s':>8s} {'% ceil':>7s} "
                  f"{'model GF':>8s} {'exec GF':>8s} {'peak RSS':>9s}")
     for r in rows:
@@ -369,6 +372,7 @@ def table(title: str, rows: list[Row]) -> list[str]:
                          f"(data resident on {r.info['resident']})")
             continue
         sps = r.samples_per_s
+        r.info.setdefault("model_flops", r.info["exec_flops"])
         gfs = r.info["model_flops"] * sps / 1e9
         base = ref.get(r.spec.backbone)
         ratio = sps / base.samples_per_s if base else float("nan")
@@ -381,7 +385,9 @@ def table(title: str, rows: list[Row]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="skip Shift-GCN at batch 128 and the allocator rows")
+    p.add_argument("--quick", action="store_true", help="fewer rounds, no allocator rows")
+    p.add_argument("--big", action="store_true",
+                   help="add Shift-GCN at batch 128 (its reference worker needs about 19 GiB of memory)")
     p.add_argument("--rounds", type=int, default=0, help="timed steps per configuration (default 5, quick 3)")
     p.add_argument("--json", default="", help="also write the rows to this file")
     p.add_argument("--bf16", action="store_true", help="add bf16-autocast rows (not the same arithmetic)")
@@ -390,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="also time one epoch over this many resident random samples (NTU-60: about 37000)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # smoke test: tiny widths
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    p.add_argument("--malloc-trial", nargs="*", default=[], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         worker(Spec(**json.loads(args.worker)))
@@ -408,7 +415,10 @@ def main(argv: list[str] | None = None) -> None:
               f"load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
     log(header)
     results, out_lines = [], [header]
-    for title, specs in groups(args):
+    todo = groups(args)
+    if args.malloc_trial:  # compare allocator environments on ST-GCN at batch 128
+        todo = [("malloc trial", [Spec("ceiling"), *[Spec("train", "stgcn", "fast", 128, m) for m in args.malloc_trial]])]
+    for title, specs in todo:
         log(title)
         rows = run_group(specs, rounds, log)
         lines = table(title, rows)

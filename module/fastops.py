@@ -16,6 +16,12 @@ straightforward PyTorch formulation (parity tests: ``tests/test_fastops.py``).
   PyTorch 2.13 the backward of a *strided* 1x1 convolution on channels-last input
   corrupts the heap for some small shapes (e.g. input (3, 8, 8, 25), 16 output
   channels, stride (2, 1) -> "double free or corruption"), while stride 1 is fine.
+* ``bn_relu_conv``: ``conv(relu(bn(y)))`` in training mode that keeps only ``y`` for the
+  backward and recomputes the normalised, rectified tensor there (two cheap elementwise
+  passes): ST-GCN otherwise holds both the BatchNorm input and the convolution input
+  of every block (about 17% of its activation memory). ``pointwise_conv_bn``: the same
+  for a residual branch ``bn(conv1x1(x))``, recomputing the convolution from ``x``
+  (which the next layers hold anyway).
 * ``channels_last``: the activation layout the fast backbones use. oneDNN convolutions
   run channels-last without reordering, and every elementwise op then sees operands of
   one layout (mixing layouts sends PyTorch to strided loops, 10x slower, measured).
@@ -130,6 +136,113 @@ class SubsampledPointwiseConv(nn.Conv2d):
         if (sh, sw) != (1, 1):
             x = x[:, :, ::sh, ::sw]
         return F.conv2d(x, self.weight, self.bias)
+
+
+def _bn_factor(bn: nn.modules.batchnorm._BatchNorm) -> float:
+    """The running-statistics factor of one training step, counting the step as ``_BatchNorm.forward`` does."""
+    if bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+    if bn.momentum is None:  # cumulative moving average
+        return 1.0 / float(bn.num_batches_tracked)
+    return bn.momentum
+
+
+class _BNReLUConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, bn_w, bn_b, conv_w, conv_b, running_mean, running_var, factor, eps, stride, padding):
+        r, mean, invstd = torch.ops.aten.native_batch_norm(y, bn_w, bn_b, running_mean, running_var, True, factor, eps)
+        r = r.relu_()
+        out = F.conv2d(r, conv_w, conv_b, stride, padding)
+        ctx.save_for_backward(y, bn_w, bn_b, conv_w, running_mean, running_var, mean, invstd)
+        ctx.eps, ctx.stride, ctx.padding = eps, stride, padding
+        ctx.has_conv_bias = conv_b is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        y, bn_w, bn_b, conv_w, running_mean, running_var, mean, invstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        # the forward's rectified BatchNorm output, again: relu(y * alpha + beta)
+        alpha = invstd * bn_w
+        beta = bn_b - mean * alpha
+        r = torch.addcmul(beta[None, :, None, None], y, alpha[None, :, None, None]).relu_()
+        bias_sizes = [conv_w.shape[0]] if ctx.has_conv_bias else None
+        gr, gcw, gcb = torch.ops.aten.convolution_backward(
+            g, r, conv_w, bias_sizes, list(ctx.stride), list(ctx.padding), [1, 1], False, [0, 0], 1,
+            [need[0] or need[1] or need[2], need[3], need[4] and ctx.has_conv_bias])
+        gy = gbw = gbb = None
+        if need[0] or need[1] or need[2]:
+            gr = torch.ops.aten.threshold_backward(gr, r, 0)
+            gy, gbw, gbb = torch.ops.aten.native_batch_norm_backward(
+                gr, y, bn_w, running_mean, running_var, mean, invstd, True, ctx.eps, [need[0], need[1], need[2]])
+        return gy, gbw, gbb, gcw, gcb, None, None, None, None, None, None
+
+
+def bn_relu_conv(y: torch.Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(relu(bn(y)))`` with ``bn`` in training mode, keeping only ``y`` for the backward.
+
+    The same arithmetic as the three modules (BatchNorm's batch statistics, its running
+    statistics and step count, ReLU, the convolution); the backward recomputes
+    ``relu(bn(y))`` from ``y`` and the batch statistics instead of keeping it."""
+    if not (bn.training and bn.track_running_stats and bn.affine and conv.groups == 1
+            and tuple(conv.dilation) == (1, 1) and isinstance(conv.padding, tuple)):
+        raise ValueError("bn_relu_conv covers a training-mode, affine, tracking BatchNorm and a plain convolution")
+    factor = _bn_factor(bn)
+    return _BNReLUConv.apply(y, bn.weight, bn.bias, conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                             factor, bn.eps, conv.stride, conv.padding)
+
+
+class _PointwiseConvBN(torch.autograd.Function):
+    @staticmethod
+    def _conv(x, conv_w, conv_b, stride):
+        sh, sw = stride
+        if (sh, sw) != (1, 1):
+            x = x[:, :, ::sh, ::sw]
+        return F.conv2d(x, conv_w, conv_b)
+
+    @staticmethod
+    def forward(ctx, x, conv_w, conv_b, bn_w, bn_b, running_mean, running_var, factor, eps, stride):
+        c = _PointwiseConvBN._conv(x, conv_w, conv_b, stride)
+        out, mean, invstd = torch.ops.aten.native_batch_norm(c, bn_w, bn_b, running_mean, running_var, True, factor, eps)
+        ctx.save_for_backward(x, conv_w, conv_b, bn_w, running_mean, running_var, mean, invstd)
+        ctx.eps, ctx.stride = eps, stride
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, conv_w, conv_b, bn_w, running_mean, running_var, mean, invstd = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        sh, sw = ctx.stride
+        xs = x[:, :, ::sh, ::sw] if (sh, sw) != (1, 1) else x
+        xs = _dense(xs)
+        c = F.conv2d(xs, conv_w, conv_b)  # the forward's convolution, again
+        gc, gbw, gbb = torch.ops.aten.native_batch_norm_backward(
+            g, c, bn_w, running_mean, running_var, mean, invstd, True, ctx.eps, [True, need[3], need[4]])
+        del c
+        bias_sizes = [conv_w.shape[0]] if conv_b is not None else None
+        gxs, gcw, gcb = torch.ops.aten.convolution_backward(
+            gc, xs, conv_w, bias_sizes, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            [need[0], need[1], need[2] and conv_b is not None])
+        gx = None
+        if need[0]:
+            if (sh, sw) != (1, 1):  # the subsampled rows get the gradient, the others zero
+                gx = torch.zeros_like(x)
+                gx[:, :, ::sh, ::sw] = gxs
+            else:
+                gx = gxs
+        return gx, gcw, gcb, gbw, gbb, None, None, None, None, None
+
+
+def pointwise_conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """``bn(conv(x))`` for a 1x1 ``conv`` (any stride) and ``bn`` in training mode, keeping
+    only ``x`` for the backward (the convolution is recomputed there); same arithmetic
+    as the two modules, running statistics included."""
+    if not (bn.training and bn.track_running_stats and bn.affine and tuple(conv.kernel_size) == (1, 1)
+            and conv.groups == 1 and tuple(conv.padding) == (0, 0) and tuple(conv.dilation) == (1, 1)):
+        raise ValueError("pointwise_conv_bn covers a 1x1 convolution and a training-mode, affine, tracking BatchNorm")
+    factor = _bn_factor(bn)
+    return _PointwiseConvBN.apply(x, conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                                  factor, bn.eps, tuple(conv.stride))
 
 
 class JointChannelBatchNorm(nn.BatchNorm1d):

@@ -128,3 +128,73 @@ def test_subsampled_pointwise_conv_equals_the_strided_conv(layout):
     torch.testing.assert_close(xf.grad, xr.grad)
     torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
     torch.testing.assert_close(fast.bias.grad, ref.bias.grad)
+
+
+# ----------------------------------------------------------------------------- recomputing fused blocks
+
+def _step_pair(make, x):
+    """Two identical module sets, one training step each; the inputs' gradients."""
+    torch.manual_seed(0)
+    ref = make().double().train()
+    fast = make().double().train()
+    fast.load_state_dict(ref.state_dict())
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    return ref, fast, xs
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_bn_relu_conv_equals_the_three_modules(momentum, layout):
+    from module.fastops import bn_relu_conv
+
+    x = torch.randn(4, 6, 12, 5, dtype=torch.float64)
+    x = x.to(memory_format=CL) if layout == "channels_last" else x
+    make = lambda: nn.ModuleList([nn.BatchNorm2d(6, momentum=momentum), nn.Conv2d(6, 8, (9, 1), (2, 1), (4, 0))])
+    ref, fast, (xr, xf) = _step_pair(make, x)
+    for m in (ref, fast):  # parameters away from their initial values
+        with torch.no_grad():
+            for p in m.parameters():
+                p.copy_(torch.linspace(-0.5, 1.5, p.numel(), dtype=p.dtype).view(p.shape))
+    for step in range(2):
+        out_r = ref[1](torch.relu(ref[0](xr + step)))
+        out_f = bn_relu_conv(xf + step, fast[0], fast[1])
+        torch.testing.assert_close(out_f, out_r, rtol=1e-10, atol=1e-12)
+        g = torch.randn_like(out_r)
+        out_r.backward(g)
+        out_f.backward(g)
+    torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-10, atol=1e-12)
+    for (n, pr), pf in zip(ref.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-10, atol=1e-12, msg=n)
+    for (n, br), bf in zip(ref.named_buffers(), fast.buffers()):
+        torch.testing.assert_close(bf, br, rtol=1e-12, atol=0, msg=n)  # running stats and the step count
+
+
+@pytest.mark.parametrize("stride", [(1, 1), (2, 1)])
+def test_pointwise_conv_bn_equals_the_two_modules(stride):
+    from module.fastops import pointwise_conv_bn
+
+    x = torch.randn(4, 6, 12, 5, dtype=torch.float64)
+    make = lambda: nn.ModuleList([nn.Conv2d(6, 8, 1, stride), nn.BatchNorm2d(8)])
+    ref, fast, (xr, xf) = _step_pair(make, x)
+    for step in range(2):
+        out_r = ref[1](ref[0](xr * (step + 1)))
+        out_f = pointwise_conv_bn(xf * (step + 1), fast[0], fast[1])
+        torch.testing.assert_close(out_f, out_r, rtol=1e-10, atol=1e-12)
+        g = torch.randn_like(out_r)
+        out_r.backward(g)
+        out_f.backward(g)
+    torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-10, atol=1e-12)
+    for (n, pr), pf in zip(ref.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-10, atol=1e-12, msg=n)
+    for (n, br), bf in zip(ref.named_buffers(), fast.buffers()):
+        torch.testing.assert_close(bf, br, rtol=1e-12, atol=0, msg=n)
+
+
+def test_recomputing_blocks_refuse_what_they_do_not_cover():
+    from module.fastops import bn_relu_conv, pointwise_conv_bn
+
+    x = torch.randn(2, 4, 6, 5)
+    with pytest.raises(ValueError, match="training-mode"):
+        bn_relu_conv(x, nn.BatchNorm2d(4).eval(), nn.Conv2d(4, 4, 1))
+    with pytest.raises(ValueError, match="1x1 convolution"):
+        pointwise_conv_bn(x, nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
