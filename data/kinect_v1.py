@@ -34,7 +34,7 @@ def read_utd(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         mat = scipy.io.loadmat(str(path))
-    except (ValueError, OSError, TypeError) as exc:  # scipy's errors for damaged or non-MATLAB files
+    except (scipy.io.matlab.MatReadError, ValueError, OSError, TypeError) as exc:  # damaged or not MATLAB
         raise RawFormatError(f"{path}: not a readable MATLAB file ({exc})") from None
     if "d_skel" not in mat:
         raise RawFormatError(f"{path}: no 'd_skel' array (keys: {sorted(k for k in mat if not k.startswith('__'))})")
