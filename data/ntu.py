@@ -285,7 +285,7 @@ class NTUSkeletonSource(Source):
     def items(self) -> list[Item]:
         last_setup, last_action = DATASET_LIMITS[self.dataset]
         missing = missing_skeleton_samples()
-        items, seen = [], {}
+        items, seen, other = [], {}, 0
         for path in find_files(self.paths, ".skeleton", f"{self.dataset} skeleton files"):
             name = path.name[: -len(".skeleton")]
             try:
@@ -294,7 +294,8 @@ class NTUSkeletonSource(Source):
                 self.excluded.append(Skip(name, str(path), str(exc)))
                 continue
             if n.setup > last_setup or n.action > last_action:
-                continue  # NTU-120 samples in a folder given for NTU-60: not part of this dataset
+                other += 1  # NTU-120 samples in a folder given for NTU-60: not part of this dataset
+                continue
             if name in missing:
                 self.excluded.append(Skip(name, str(path), "on the authors' list of samples with missing skeletons"))
                 continue
@@ -302,6 +303,9 @@ class NTUSkeletonSource(Source):
                 raise ValueError(f"sample {name} found twice: {seen[name]} and {path}")
             seen[name] = path
             items.append(Item(name, str(path)))
+        if other:
+            self.notes.append(f"{other} files of setups after S{last_setup:03d} or actions after A{last_action:03d} "
+                              f"are not part of {self.dataset} and were left out")
         return items
 
     def read(self, item: Item) -> list[Sequence | Skip]:

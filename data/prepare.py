@@ -181,6 +181,8 @@ def build_samples(source: Source, out_dir: str | Path, *, num_classes: int, fram
     if not items:
         raise FileNotFoundError(f"{source.dataset}: nothing to read ({len(source.excluded)} files excluded; "
                                 "see the reasons above)")
+    for note in source.notes:
+        log(f"{source.dataset}: {note}")
     layout = get_layout(source.layout)
     n_shards = -(-len(items) // shard_size)
     manifest = {"version": PIPELINE_VERSION, "dataset": source.dataset, "layout": source.layout,

@@ -64,6 +64,7 @@ class Source(ABC):
 
     def __init__(self) -> None:
         self.excluded: list[Skip] = []
+        self.notes: list[str] = []  # what ``items`` decided that the run's log should say
 
     @abstractmethod
     def items(self) -> list[Item]:

@@ -220,6 +220,17 @@ def test_generic_dataset_end_to_end(tmp_path):
     assert cfg["unseen_classes"] == meta["unseen"]
 
 
+@pytest.mark.slow
+def test_tiny_run_on_a_generic_dataset(tmp_path):
+    root = tmp_path / "root"
+    prepare_generic(root, make_generic(tmp_path / "raw"))
+    res = ex.run(config_updates={"dataset": "mini", "data_root": str(root), "split": 1, "epoch_num": 1,
+                                 "hidden_channels": 4, "out_channels": 32, "text_model": "minilm",
+                                 "text_kind": "des", "batch_size": 8, "warmup_epochs": 1,
+                                 "out_dir": str(tmp_path / "ckpt")}, options=OPTS).result
+    assert res["num_unseen_samples"] == 2 * 2 * 3 and len(res["unseen_classes"]) == 2
+
+
 def test_generic_format_errors(tmp_path):
     folder = make_generic(tmp_path / "raw")
     (folder / "classes.csv").write_text("name,colour\na,red\n")
