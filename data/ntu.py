@@ -310,9 +310,11 @@ class NTUSkeletonSource(Source):
 
     def read(self, item: Item) -> list[Sequence | Skip]:
         try:
-            joints, _ = denoise(read_skeleton(item.path))
+            joints, report = denoise(read_skeleton(item.path))
             n = NTUName.parse(item.key)
-            return [Sequence(item.key, n.action - 1, joints, _meta(n), _train_flags(self.dataset, n))]
+            # what denoising did, kept in the samples' index for inspection
+            meta = {**_meta(n), "bodies": report.bodies, "bodies_dropped": len(report.dropped)}
+            return [Sequence(item.key, n.action - 1, joints, meta, _train_flags(self.dataset, n))]
         except (RawFormatError, SequenceError) as exc:
             return [Skip(item.key, item.path, str(exc))]
 
