@@ -1,0 +1,9 @@
+"""Shift-GCN's learnable temporal shift: a CUDA extension and its pure-PyTorch reference.
+
+``temporal_shift`` / ``TemporalShift`` pick the implementation with ``impl="auto"|"cuda"|"ref"``;
+``module/shift/reference.py`` is the spec (docs: ``SHIFT_OP.md``), ``csrc/`` the CUDA source
+built just in time by ``module/shift/build.py``.
+"""
+from module.shift.op import IMPLS, POS_GRADS, TemporalShift, constrain, temporal_shift
+
+__all__ = ["IMPLS", "POS_GRADS", "TemporalShift", "constrain", "temporal_shift"]
