@@ -8,7 +8,7 @@ entry can still be overridden on the command line; unknown keys are refused.
 """
 from __future__ import annotations
 
-from sacred import Experiment
+from sacred import Experiment, Ingredient
 from sacred.settings import SETTINGS
 
 from data.catalog import DATA_DIR, TRACKS, dataset_splits, default_split, draw_val_classes, get_dataset, split_spec
@@ -17,7 +17,40 @@ from text.models import text_dim as _text_dim
 SETTINGS.CAPTURE_MODE = "sys"  # capture the run's output without a pseudo-terminal
 SETTINGS.DISCOVER_SOURCES = "dir"  # record the project's own sources with each run
 
-ex = Experiment("pgfa", save_git_info=False)
+# Inputs of the data commands (prepare, prepare_generic, make_split); see the README's
+# "Preparing datasets". Ingredients keep them under their own prefix: raw.path=..., new_split.seeds=[...]
+raw = Ingredient("raw")
+new_split = Ingredient("new_split")
+
+
+@raw.config
+def raw_config():
+    path = ""  # the raw input: a folder (or list of folders) of files, or pyskl's .pkl
+    format = "auto"  # ntu60/ntu120: skeleton | pyskl | auto (by the path's suffix)
+    labels = ""  # PKU-MMD: the label folder (Train_Label_PKU_final)
+    split_file = ""  # PKU-MMD: cross-subject.txt
+    protocol = ""  # train/test protocol; "" = the dataset's standard (xsub; NW-UCLA xview)
+    splits = []  # split ids to write; [] = every zero-shot split of the dataset
+    workers = 1  # reader processes
+    shard_size = 1000  # items per shard: the unit of memory use and of resuming
+    name = ""  # prepare_generic: the new dataset's name
+    layout = "ntu25"  # prepare_generic: graph layout of its skeletons (module/graph.py)
+    persons = 1  # prepare_generic: actors per sample
+    origin_joint = ""  # prepare_generic: joint put at the origin; "" = the layout's default
+    train_subjects = []  # generic data without a split column: the training subjects
+
+
+@new_split.config
+def new_split_config():
+    unseen = []  # explicit unseen class ids (then ids=[one name])
+    val = []  # explicit validation class ids
+    num_unseen = 5  # drawn splits: unseen classes per split
+    num_val = None  # drawn splits: validation classes (None = num_unseen)
+    seeds = [1, 2, 3]  # one drawn split per seed
+    ids = []  # split ids; [] = the seeds
+
+
+ex = Experiment("pgfa", ingredients=[raw, new_split], save_git_info=False)
 
 # Hyper-parameters that differ by track (the dataset's own defaults override these).
 # Setting 2 (PGFA's "sota" track): Shift-GCN on sequences stretched from 50 to 64 frames.
@@ -27,13 +60,13 @@ TRACK_DEFAULTS: dict[str, dict] = {"main": {}, "sota": {"backbone": "shiftgcn", 
 BACKBONE_DEFAULTS: dict[str, dict] = {"stgcn": {"hidden_channels": 16}, "shiftgcn": {"hidden_channels": 64}}
 
 
-def check_track_split(train_mode: str, dataset: str, split: str | int) -> None:
+def check_track_split(train_mode: str, dataset: str, split: str | int, data_root: str | None = None) -> None:
     """Setting-2 numbers are only comparable on SynSE's splits: where a dataset publishes
     splits for the sota track, ``train_mode="sota"`` must use one of them. (The demo dataset
     has none, so its splits stand in for a tiny Setting-2 run.)"""
     if train_mode != "sota":
         return
-    published = [k for k, spec in dataset_splits(dataset).items() if spec["track"] == "sota"]
+    published = [k for k, spec in dataset_splits(dataset, data_root).items() if spec["track"] == "sota"]
     if published and str(split) not in published:
         raise ValueError(f"train_mode='sota' (Setting 2) uses the SynSE splits of {dataset}: {published}; "
                          f"got split={split!r}. For Shift-GCN on another split use train_mode='main' "
@@ -45,17 +78,17 @@ def config():
     train_mode = "main"  # main (Setting 1) | sota (Setting 2) | test | one_shot
     if train_mode not in TRACKS:
         raise ValueError(f"unknown train_mode {train_mode!r}; choose one of {list(TRACKS)}")
-    dataset = "demo"  # demo | ntu60 | ntu120 | pku
-    split = default_split(dataset, train_mode)  # see data/splits.json
+    dataset = "demo"  # demo | ntu60 | ntu120 | pku | utd_mhad | nw_ucla | a generic dataset under data_root
+    data_root = str(DATA_DIR)  # arrays in <data_root>/zeroshot/<dataset>/split_<k>, texts in <data_root>/language
+    split = default_split(dataset, train_mode, data_root)  # see data/splits.json
     seed = 0
     device = "auto"  # auto = cuda if available, else cpu
 
-    _spec = get_dataset(dataset)
-    _split = split_spec(dataset, split)
-    check_track_split(train_mode, dataset, split)
+    _spec = get_dataset(dataset, data_root)
+    _split = split_spec(dataset, split, data_root)
+    check_track_split(train_mode, dataset, split, data_root)
     _d = {**TRACK_DEFAULTS[train_mode], **_spec.defaults}
 
-    data_root = str(DATA_DIR)  # arrays in <data_root>/zeroshot/<dataset>/split_<k>, texts in <data_root>/language
     max_frame = _d.get("max_frame", _spec.frames)  # T the model sees; other lengths are resampled
     unseen_classes = list(_split["unseen"])
     val_seed = 0  # draws the validation classes where the split publishes none
@@ -125,6 +158,18 @@ def ntu120():
 def pku():
     """PKU-MMD I, Setting 1 (support_factor 1.0, lr 0.05)."""
     dataset = "pku"
+
+
+@ex.named_config
+def utd_mhad():
+    """UTD-MHAD (Kinect v1, 27 classes), cross-subject, seeded splits 1-3 of 5 unseen classes."""
+    dataset = "utd_mhad"
+
+
+@ex.named_config
+def nw_ucla():
+    """NW-UCLA (Kinect v1, 10 classes), cross-view, seeded splits 1-3 of 3 unseen classes."""
+    dataset = "nw_ucla"
 
 
 @ex.named_config

@@ -7,14 +7,19 @@
     python main.py embed with dataset=demo text_kind=labels text_model=minilm
     python main.py embed_all
     python main.py prepare_demo
+    python main.py prepare with dataset=utd_mhad raw.path=/data/UTD-MHAD/Skeleton   # see README: Preparing datasets
+    python main.py prepare_generic with raw.name=mydata raw.path=/data/mydata raw.layout=ntu25
+    python main.py make_split with dataset=ntu60 new_split.seeds=[7] new_split.ids=[r7]
 """
 from __future__ import annotations
 
 import logging
 
 from config import ex
-from data import demo
+from data import demo, generic
+from data import prepare as prepare_data
 from data.catalog import get_dataset
+from data.split_builder import build_splits, register_splits
 from descriptions import available_datasets, text_kinds
 from experiments.runtime import ensure_allocator_settings
 from experiments.tracking import SacredTracker, attach_observers, plain
@@ -42,7 +47,8 @@ def run(_config, _run):
 @ex.command
 def embed(dataset, text_kind, text_model, data_root):
     """(Re)build the text embeddings of one dataset / text kind / model."""
-    path = text_embeddings.build(data_root, dataset, text_kind, text_model, get_dataset(dataset).num_classes)
+    path = text_embeddings.build(data_root, dataset, text_kind, text_model,
+                                 get_dataset(dataset, data_root).num_classes)
     print(f"wrote {path}")
     return str(path)
 
@@ -51,12 +57,49 @@ def embed(dataset, text_kind, text_model, data_root):
 def embed_all(data_root):
     """(Re)build the embeddings of every dataset with class texts, every text kind, every model."""
     written = []
-    for ds in available_datasets():
-        for kind in text_kinds(ds):
+    for ds in available_datasets(data_root):
+        for kind in text_kinds(ds, data_root):
             for model in MODELS:
-                written.append(str(text_embeddings.build(data_root, ds, kind, model, get_dataset(ds).num_classes)))
+                written.append(str(text_embeddings.build(data_root, ds, kind, model,
+                                                         get_dataset(ds, data_root).num_classes)))
                 print(f"wrote {written[-1]}")
     return written
+
+
+@ex.command
+def prepare(dataset, data_root, raw):
+    """Raw files of ``dataset`` → prepared samples → every zero-shot split folder (README: Preparing datasets)."""
+    return prepare_data.prepare_dataset(dataset, data_root, plain(raw))
+
+
+@ex.command
+def prepare_generic(data_root, raw, new_split):
+    """Register a dataset in the generic format (raw.name, raw.path, raw.layout, ...), draw its splits
+    (new_split.*) and prepare it."""
+    root = generic.register(data_root, raw["name"], raw["path"], raw["layout"], persons=raw["persons"],
+                            origin_joint=raw["origin_joint"], train_subjects=list(raw["train_subjects"]))
+    print(f"registered {raw['name']} in {root}")
+    splits = make_split_specs(raw["name"], data_root, plain(new_split))
+    register_splits(data_root, raw["name"], splits)
+    return prepare_data.prepare_dataset(raw["name"], data_root, {**plain(raw), "splits": list(splits)})
+
+
+@ex.command
+def make_split(dataset, data_root, raw, new_split):
+    """Register new zero-shot splits of ``dataset`` (seeded draws or explicit lists; new_split.*) and write
+    them from its prepared samples."""
+    splits = make_split_specs(dataset, data_root, plain(new_split))
+    path = register_splits(data_root, dataset, splits)
+    print(f"registered splits {list(splits)} in {path}")
+    samples = prepare_data.existing_samples(data_root, dataset)
+    protocol = raw["protocol"] or samples.protocols[0]
+    return [str(p) for p in prepare_data.write_splits(samples, data_root, dataset, list(splits), protocol)]
+
+
+def make_split_specs(dataset: str, data_root: str, opts: dict) -> dict:
+    return build_splits(get_dataset(dataset, data_root).num_classes, unseen=opts["unseen"], val=opts["val"],
+                        num_unseen=opts["num_unseen"], num_val=opts["num_val"],
+                        seeds=[] if opts["unseen"] else opts["seeds"], ids=opts["ids"])
 
 
 @ex.command

@@ -192,7 +192,7 @@ def save_checkpoint(path: Path, model: SkeletonTextModel, cfg: dict, epoch: int,
 
 def prepare_run(cfg: dict) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextModel, torch.device]:
     """Everything that can fail on bad input, checked before the first training step."""
-    spec = get_dataset(cfg["dataset"])
+    spec = get_dataset(cfg["dataset"], cfg["data_root"])
     use_val = cfg["selection"] == "val"
     if cfg["selection"] not in ("val", "test"):
         raise ValueError(f"selection must be 'val' or 'test', got {cfg['selection']!r}")
