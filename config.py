@@ -12,12 +12,17 @@ from sacred import Experiment
 from sacred.settings import SETTINGS
 
 from data.catalog import DATA_DIR, TRACKS, default_split, draw_val_classes, get_dataset, split_spec
+from experiments.tracking import clean_output, experiment_logger, project_sources
 from text.models import text_dim as _text_dim
 
 SETTINGS.CAPTURE_MODE = "sys"  # capture the run's output without a pseudo-terminal
-SETTINGS.DISCOVER_SOURCES = "dir"  # record the project's own sources with each run
+SETTINGS.DISCOVER_SOURCES = "none"  # the project's sources are added below (Sacred's "dir" also takes a .venv)
 
 ex = Experiment("pgfa", save_git_info=False)
+ex.logger = experiment_logger()  # its lines land in the captured output too
+ex.captured_out_filter = clean_output  # progress-bar redraws resolved, output capped (experiments/tracking.py)
+for _source in project_sources():
+    ex.add_source_file(str(_source))
 
 # Hyper-parameters that differ by track (the dataset's own defaults override these).
 TRACK_DEFAULTS: dict[str, dict] = {"main": {}, "sota": {}, "test": {}, "one_shot": {}}
@@ -84,6 +89,10 @@ def config():
     support_factor = _d.get("support_factor", 0.9)
     min_support = 1
     entropy_scale = 1.0
+
+    # Where the run is recorded (experiments/observers.py). Credentials never reach the stored config.
+    mongo_url = ""  # "" = $PGFA_MONGO_URL if set, else the embedded server; or mongodb://user:pass@host:port/db
+    offline = False  # True: record locally only; `python main.py sync` uploads to MongoDB later
     del _spec, _split, _d
 
 
