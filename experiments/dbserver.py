@@ -199,6 +199,8 @@ def ping(url: str, timeout: float = 1.0) -> bool:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as the server will: connections of a killed predecessor in TIME_WAIT do not block the port
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((SERVER_HOST, port))
             return True

@@ -90,7 +90,7 @@ def plain(value):
 
 # ----------------------------------------------------------------------------- credentials
 
-_URL_USERINFO = re.compile(r"(mongodb(?:\+srv)?://)[^@/\s\"']+@", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://)[^@/\s\"']+@", re.IGNORECASE)
 _URL_SECRET_PARAM = re.compile(r"(mongodb(?:\+srv)?://[^\s\"']*?[?&][^=&\s\"']*(?:password|secret|token|"
                                r"authmechanismproperties)[^=&\s\"']*=)[^&\s\"']+", re.IGNORECASE)
 
@@ -118,27 +118,30 @@ def redact(value):
 # ----------------------------------------------------------------------------- captured output
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-_CUT = re.compile(r"\n\[\.\.\. (\d+) characters of output left out \.\.\.\]\n")
+_CUT = re.compile(r"\[\.\.\. (\d+) characters of output left out \.\.\.\]\n")
 
 
 def clean_output(text: str, limit: int = OUTPUT_LIMIT) -> str:
     """Sacred's captured-output filter: progress-bar redraws resolved like a terminal would
     (only the final state of a line stays), terminal escapes removed, trailing blanks
-    stripped, and at most ``limit`` characters kept (the head and the tail; a marker counts
-    what was left out). Idempotent, so applying it to already-filtered output is safe."""
+    stripped, and at most ``limit`` characters kept: the head and the tail, with a marker
+    line counting what was left out. Sacred re-applies it to the accumulated output at every
+    heartbeat; an earlier marker is reused, so the count stays exact."""
     text = apply_backspaces_and_linefeeds(_ANSI.sub("", text))
     keep_cr = text.endswith("\r")  # Sacred's convention: a pending redraw continues in the next chunk
     text = "\n".join(line.rstrip() for line in text.split("\n")) + ("\r" if keep_cr else "")
     if len(text) <= limit:
         return text
-    head_end = text.rfind("\n", 0, limit // 4) + 1  # cut at line starts
-    tail_start = text.find("\n", len(text) - (limit - head_end - 100)) + 1 or len(text)
-    middle = text[head_end:tail_start]
-    left_out = len(middle)
-    old = _CUT.search(middle)
-    if old:  # output cut before: count what that cut left out, not its marker
-        left_out += int(old.group(1)) - len(old.group(0))
-    return f"{text[:head_end]}\n[... {left_out} characters of output left out ...]\n{text[tail_start:]}"
+    old = _CUT.search(text)
+    if old:
+        head, rest, left_out = text[:old.start()], text[old.end():], int(old.group(1))
+    else:
+        cut = text.rfind("\n", 0, limit // 4) + 1  # the head ends at a line end
+        head, rest, left_out = text[:cut], text[cut:], 0
+    room = limit - len(head) - 60  # 60: the marker line
+    tail_start = rest.find("\n", max(0, len(rest) - room)) + 1 or len(rest)  # the tail starts at a line start
+    left_out += tail_start
+    return f"{head}[... {left_out} characters of output left out ...]\n{rest[tail_start:]}"
 
 
 class CurrentStderrHandler(logging.StreamHandler):
