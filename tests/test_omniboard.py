@@ -134,7 +134,22 @@ def test_browser_run_list_and_run_detail(two_cli_runs, omniboard_for, shots):
         art_text = browser.script("return document.querySelector('.tab-content').innerText")
         for name in ("best.pt", "unseen_confusion.png", "unseen_per_class.csv", "embedding_2d.png"):
             assert name in art_text
+        # open the confusion matrix: Omniboard previews it from GridFS
+        title = next(el for el in browser.find_all(".accordion__title") if "unseen_confusion.png" in browser.text(el))
+        browser.click(title)
+        width = browser.wait_for(
+            "const b = [...document.querySelectorAll('.accordion__body')].find(b => "
+            "!b.classList.contains('accordion__body--hidden') && b.querySelector('img')); "
+            "const i = b && b.querySelector('img'); return i && i.complete && i.naturalWidth", 30,
+            "the confusion-matrix preview")
+        assert width > 300
+        time.sleep(1)
         browser.screenshot(shots / "04-run-artifacts.png")
+
+        open_tab(browser, "Captured Out")
+        browser.wait_for("return document.querySelector('.tab-content').innerText.includes('epoch 2/2')",
+                         30, "the captured output")
+        browser.screenshot(shots / "05-run-output.png")
     finally:
         browser.close()
 
@@ -145,3 +160,79 @@ def open_tab(browser: Browser, label: str) -> None:
             browser.click(el)
             return
     raise AssertionError(f"no tab {label!r} in the run detail")
+
+
+def clone_runs(src, dst, n: int, epochs: int = 50) -> None:
+    """``n`` runs in ``dst`` made from the recorded runs of ``src``, each with its per-epoch
+    metrics stretched to ``epochs`` values (a realistic metrics collection to scan)."""
+    docs = list(src.runs.find())
+    metrics = {}
+    for m in src.metrics.find():
+        metrics.setdefault(m["run_id"], []).append(m)
+    dst.runs.drop()
+    dst.metrics.drop()
+    runs, rows = [], []
+    for i in range(n):
+        doc = copy.deepcopy(docs[i % len(docs)])
+        doc["_id"] = i + 1
+        doc["meta"]["local_record"]["uid"] = f"bench-{i}"
+        doc["info"]["metrics"] = []
+        for m in metrics[docs[i % len(docs)]["_id"]]:
+            row = {"_id": ObjectId(), "run_id": i + 1, "name": m["name"], "steps": list(range(epochs)),
+                   "values": [m["values"][s % len(m["values"])] for s in range(epochs)],
+                   "timestamps": [m["timestamps"][0]] * epochs}
+            rows.append(row)
+            doc["info"]["metrics"].append({"name": m["name"], "id": str(row["_id"])})
+        runs.append(doc)
+    dst.runs.insert_many(runs)
+    dst.metrics.insert_many(rows)
+
+
+LIST_SHOWN = ("return document.body.innerText.includes('{n} experiments') && "
+              "[...document.querySelectorAll('.public_fixedDataTableCell_cellContent')]"
+              ".some(c => c.innerText.trim() === '{n}')")  # the count and the newest run's row
+LIST_REQUEST = ("return performance.getEntriesByType('resource')"
+                ".filter(e => e.name.includes('/api/v1/Runs?select=')).map(e => e.duration / 1000)")
+
+
+def time_run_list(url: str, n: int) -> dict[str, float]:
+    """Seconds until a fresh browser shows the run list (cold: Omniboard's 5.5 MB script is
+    loaded and started too), the same for a reload in that browser (warm), and how long the
+    run-list request itself took each time (what the list's columns cost)."""
+    browser = Browser()
+    try:
+        out = {}
+        for kind in ("cold", "warm"):
+            t0 = time.monotonic()
+            browser.get(url)
+            browser.wait_for(LIST_SHOWN.format(n=n), 180, "the run list")
+            out[f"{kind}_page_s"] = round(time.monotonic() - t0, 2)
+            out[f"{kind}_request_s"] = round(browser.script(LIST_REQUEST)[0], 3)
+        return out
+    finally:
+        browser.close()
+
+
+@needs_browser
+def test_run_list_of_300_runs_loads_fast_with_summary_columns(two_cli_runs, omniboard_for, shots):
+    """The key numbers as plain columns (info.summary) keep the list fast; Omniboard's metric
+    columns ($lookup into the metrics collection per run) are measured for comparison."""
+    src = database(two_cli_runs["info"].url)
+    bench = database(two_cli_runs["info"].url, "pgfa_bench")
+    n = 300
+    clone_runs(src, bench, n)
+    url = omniboard_for("pgfa_bench")
+    summary = [time_run_list(url, n) for _ in range(3)]
+    bench["omniboard.metric.columns"].insert_many([
+        {"name": "val_top1_max", "metric_name": "val_top1", "extrema": "max"},
+        {"name": "unseen_top1_monitor_last", "metric_name": "unseen_top1_monitor", "extrema": "last"}])
+    metric_columns = time_run_list(url, n)
+    bench.client.drop_database("pgfa_bench")
+
+    numbers = {"runs": n, "metrics_per_run": "7 x 50 epochs", "summary_columns": summary,
+               "two_metric_columns": metric_columns}
+    (shots / "run-list-timing.json").write_text(json.dumps(numbers, indent=2))
+    print("\nrun list at 300 runs:", json.dumps(numbers))
+    median = sorted(t["cold_request_s"] for t in summary)[1]
+    assert median < 2.0  # the list with the key numbers (the issue's measure: the list query)
+    assert sorted(t["warm_page_s"] for t in summary)[1] < 2.0  # and the page showing it, on reload
