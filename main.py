@@ -7,6 +7,7 @@
     python main.py embed_all
     python main.py prepare_demo
     python main.py server_start | server_status | server_stop   # the embedded run database
+    python main.py install_tracking                       # install it and Omniboard (once; runs do it on demand)
     python main.py omniboard                              # browse the runs (http://127.0.0.1:9000/)
     python main.py sync                                   # upload runs recorded offline or during an outage
 """
@@ -22,8 +23,8 @@ from descriptions import available_datasets, text_kinds
 from experiments import dbserver
 from experiments import omniboard as board
 from experiments.observers import MONGO_URL_ENV, connect, resolve_target
-from experiments.sync import sync as sync_records
 from experiments.runtime import ensure_allocator_settings
+from experiments.sync import sync as sync_records
 from experiments.tracking import SacredTracker, attach_observers, plain, redact, redact_text
 from experiments.train import run_zero_shot
 from text import embeddings as text_embeddings
@@ -80,6 +81,13 @@ def _embedded_only(mongo_url: str) -> None:
     url = mongo_url or os.environ.get(MONGO_URL_ENV, "")
     if url:
         print(f"note: runs go to {redact_text(url)} (mongo_url / {MONGO_URL_ENV}), not to the embedded server")
+
+
+@ex.command(unobserved=True)
+def install_tracking():
+    """Install the embedded run database (its own venv) and Omniboard (npm) into .tools/, once."""
+    print(f"SecantusDB: {dbserver.install_server()}")
+    print(f"Omniboard:  {board.install()}")
 
 
 @ex.command(unobserved=True)
