@@ -98,7 +98,7 @@ def plot_confusion(path: Path, labels: torch.Tensor, classes: list[int], names: 
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
     fig.colorbar(im, ax=axes.tolist(), shrink=0.8, label="% of the true class")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def _unit(x: torch.Tensor) -> np.ndarray:
@@ -123,24 +123,24 @@ def plot_embedding(path: Path, labels: torch.Tensor, classes: list[int], names: 
     k = len(classes)
     colors = matplotlib.colormaps["tab10" if k <= 10 else "tab20" if k <= 20 else "hsv"]
     color = {c: colors(i / max(k - 1, 1)) if k > 20 else colors(i) for i, c in enumerate(classes)}
-    fig = Figure(figsize=(8.5, 7), layout="constrained")
+    fig = Figure(figsize=(10.5, 7), layout="constrained")
     ax = fig.subplots()
     ax.scatter(xy[0][:, 0], xy[0][:, 1], s=9, alpha=0.45, c=[color[c] for c in y[idx]], linewidths=0)
     for i, c in enumerate(classes):
-        tx, ty = xy[1][i]
-        ax.scatter([tx], [ty], marker="*", s=320, color=color[c], edgecolors="black", linewidths=1.0, zorder=3)
-        ax.annotate(names[c] if k <= 30 else str(c), (tx, ty), xytext=(6, 6), textcoords="offset points",
-                    fontsize=8, zorder=4)
+        ax.scatter(*xy[1][i], marker="*", s=320, color=color[c], edgecolors="black", linewidths=1.0, zorder=3)
         if prototypes is not None:
-            px, py = xy[2][i]
-            ax.scatter([px], [py], marker="X", s=150, color=color[c], edgecolors="black", linewidths=1.0, zorder=3)
-    handles = [ax.scatter([], [], s=20, color="grey", label=f"skeleton features ({len(idx)} unseen test samples)"),
+            ax.scatter(*xy[2][i], marker="X", s=150, color=color[c], edgecolors="black", linewidths=1.0, zorder=3)
+    markers = [ax.scatter([], [], s=20, color="grey", label=f"skeleton features ({len(idx)} unseen test samples)"),
                ax.scatter([], [], marker="*", s=150, color="grey", edgecolors="black", label="class text embeddings")]
     if prototypes is not None:
-        handles.append(ax.scatter([], [], marker="X", s=90, color="grey", edgecolors="black",
+        markers.append(ax.scatter([], [], marker="X", s=90, color="grey", edgecolors="black",
                                   label="aligned prototypes"))
-    ax.legend(handles=handles, loc="best", fontsize=8)
+    ax.add_artist(ax.legend(handles=markers, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8))
+    if k <= 30:  # a colour key beside the plot: labels on the points would overlap
+        keys = [ax.scatter([], [], s=40, color=color[c], label=f"{c}: {names[c]}") for c in classes]
+        ax.legend(handles=keys, loc="upper left", bbox_to_anchor=(1.01, 0.8), fontsize=8, title="true class",
+                  title_fontsize=8)
     ax.set_title(f"unseen classes in the joint embedding space (PCA of unit vectors; colour = true class)", fontsize=10)
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
