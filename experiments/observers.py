@@ -205,6 +205,7 @@ class TrackingObserver(RunObserver):
             meta = redact(copy.deepcopy(plain(meta_info)))
             meta["local_record"] = {"uid": uid, "name": name}
             cfg = redact(plain(config))
+            host_info = redact(plain(host_info))  # in case captured environment variables hold a URL
             self.journal = JournalObserver(self.records or records_dir())
             self.journal.started_event(copy.deepcopy(ex_info), command, host_info, start_time, cfg, meta, name)
             self.record = Path(self.journal.dir)

@@ -17,7 +17,7 @@ from bson import ObjectId
 from chromedriver_client import Browser
 from experiments import omniboard as board
 from experiments.observers import Target
-from tracking_support import database, needs_browser, needs_omniboard, needs_server
+from tracking_support import database, free_port, needs_browser, needs_omniboard, needs_server
 
 pytestmark = [needs_server, needs_omniboard, pytest.mark.slow]
 
@@ -38,19 +38,13 @@ def omniboard_for(two_cli_runs, monkeypatch):
     def start(db_name: str = "pgfa"):
         target = Target(two_cli_runs["info"].url, db_name, embedded=True)
         board.ensure_columns(database(target.url, db_name))
-        proc, url = board.start(target, port=free_http_port())
+        proc, url = board.start(target, port=free_port())
         started.append(proc)
         return url
 
     yield start
     for proc in started:
         board.stop(proc)
-
-
-def free_http_port() -> int:
-    from tracking_support import free_port
-
-    return free_port()
 
 
 def listeners(port: int) -> set[str]:

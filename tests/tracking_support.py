@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import pymongo
 import pytest
 
+from chromedriver_client import free_port  # noqa: F401  (re-exported for the tracking tests)
 from data.catalog import PROJECT_ROOT
 from experiments import dbserver
 from experiments import omniboard as board
@@ -36,12 +36,6 @@ if os.environ.get("PGFA_REQUIRE_TRACKING_TOOLS") == "1" and (SERVER_MISSING or O
 needs_server = pytest.mark.skipif(SERVER_MISSING is not None, reason=str(SERVER_MISSING))
 needs_omniboard = pytest.mark.skipif(OMNIBOARD_MISSING is not None, reason=str(OMNIBOARD_MISSING))
 needs_browser = pytest.mark.skipif(BROWSER_MISSING is not None, reason=str(BROWSER_MISSING))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli_env(tracking: Path, port: int, **extra: str) -> dict[str, str]:
