@@ -25,7 +25,7 @@ from experiments import omniboard as board
 from experiments.observers import MONGO_URL_ENV, connect, resolve_target
 from experiments.runtime import ensure_allocator_settings
 from experiments.sync import sync as sync_records
-from experiments.tracking import SacredTracker, attach_observers, plain, redact, redact_text
+from experiments.tracking import SacredTracker, attach_observers, interrupt_on_sigterm, plain, redact, redact_text
 from experiments.train import run_zero_shot
 from text import embeddings as text_embeddings
 from text.models import MODELS
@@ -148,4 +148,5 @@ if __name__ == "__main__":
     ensure_allocator_settings()
     logging.getLogger("pgfa").setLevel(logging.INFO)
     attach_observers(ex)
+    interrupt_on_sigterm()
     ex.run_commandline()

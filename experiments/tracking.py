@@ -17,6 +17,7 @@ import logging
 import mimetypes
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Protocol
@@ -183,6 +184,16 @@ def project_sources(root: Path = PROJECT_ROOT) -> list[Path]:
                              and not (Path(dirpath, d) / "pyvenv.cfg").exists())
         out += [Path(dirpath, f) for f in sorted(filenames) if f.endswith(".py")]
     return out
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a scheduler's pre-emption) end a run like Ctrl-C does, so Sacred
+    records it as INTERRUPTED instead of leaving it RUNNING forever."""
+
+    def handler(signum, _frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def attach_observers(ex) -> None:

@@ -122,14 +122,15 @@ def test_failed_run_is_recorded_with_its_trace(tracking, text_root, tmp_path, mo
     assert metrics_of(db, doc["_id"])["train_loss"]["steps"] == [0]  # epoch 1 was logged before the crash
 
 
-def test_ctrl_c_gives_interrupted(tracking, text_root, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_or_kill_gives_interrupted(tracking, text_root, tmp_path, sig):
     env = cli_env(tracking, int(os.environ["PGFA_DB_PORT"]))
     proc = start_cli(cli_args(text_root, tmp_path / "ckpt", epoch_num=200) + ["-b", "1"], env, tmp_path / "run.log")
     try:
         wait_until(lambda: dbserver.read_state() is not None, 120, "the server")
         db = database(dbserver.read_state().url)
         wait_until(lambda: db.metrics.find_one({"name": "train_loss"}), 180, "the first epoch in MongoDB")
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        proc.send_signal(sig)  # SIGINT is what Ctrl-C sends
         proc.wait(timeout=120)
     finally:
         proc.kill()
