@@ -172,17 +172,16 @@ def experiment_logger(name: str = "pgfa") -> logging.Logger:
 # ----------------------------------------------------------------------------- sources
 
 def project_sources(root: Path = PROJECT_ROOT) -> list[Path]:
-    """The project's own Python code, recorded with every run.
+    """The project's own Python code, recorded with every run: the top-level modules and the
+    packages (folders with an ``__init__.py``), recursively.
 
-    Sacred's ``dir`` discovery walks everything under the project, including a ``.venv``
-    there (thousands of files per run); this walks the code only: no hidden folders, no
-    virtual environments, no run outputs, no tests."""
+    Sacred's ``dir`` discovery walks everything under the project instead, including a
+    ``.venv`` there (thousands of files per run) and the data folders."""
     out: list[Path] = []
-    skip = {"__pycache__", "runs", "tests", "node_modules"}
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in skip
-                             and not (Path(dirpath, d) / "pyvenv.cfg").exists())
-        out += [Path(dirpath, f) for f in sorted(filenames) if f.endswith(".py")]
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if d != "tests" and (here / d / "__init__.py").is_file())
+        out += [here / f for f in sorted(filenames) if f.endswith(".py")]
     return out
 
 

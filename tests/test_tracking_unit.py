@@ -67,14 +67,12 @@ def test_project_sources_are_the_code_only(tmp_path):
     found = {p.relative_to(PROJECT_ROOT).as_posix() for p in project_sources()}
     assert {"main.py", "config.py", "experiments/train.py", "module/stgcn.py"} <= found
     assert not any(p.startswith((".", "tests/")) or "/." in p for p in found)
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg" / "a.py").write_text("")
-    (tmp_path / "env" / "lib").mkdir(parents=True)
-    (tmp_path / "env" / "pyvenv.cfg").write_text("")
-    (tmp_path / "env" / "lib" / "torch.py").write_text("")
-    (tmp_path / ".venv").mkdir()
-    (tmp_path / ".venv" / "b.py").write_text("")
-    assert [p.relative_to(tmp_path).as_posix() for p in project_sources(tmp_path)] == ["pkg/a.py"]
+    for f in ["main.py", "pkg/__init__.py", "pkg/a.py", "pkg/sub/__init__.py", "pkg/sub/b.py", "pkg/data/c.py",
+              "venv/lib/python3.11/site-packages/torch/__init__.py", ".venv/lib/d.py", "tests/test_x.py"]:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("")
+    assert [p.relative_to(tmp_path).as_posix() for p in project_sources(tmp_path)] == [
+        "main.py", "pkg/__init__.py", "pkg/a.py", "pkg/sub/__init__.py", "pkg/sub/b.py"]
 
 
 def test_database_url_resolution(monkeypatch):
