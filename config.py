@@ -12,10 +12,11 @@ from sacred import Experiment, Ingredient
 from sacred.settings import SETTINGS
 
 from data.catalog import DATA_DIR, TRACKS, dataset_splits, default_split, draw_val_classes, get_dataset, split_spec
+from experiments.tracking import clean_output, experiment_logger, project_sources
 from text.models import text_dim as _text_dim
 
 SETTINGS.CAPTURE_MODE = "sys"  # capture the run's output without a pseudo-terminal
-SETTINGS.DISCOVER_SOURCES = "dir"  # record the project's own sources with each run
+SETTINGS.DISCOVER_SOURCES = "none"  # the project's sources are added below (Sacred's "dir" also takes a .venv)
 
 # Inputs of the data commands (prepare, prepare_generic, make_split); see the README's
 # "Preparing datasets". Ingredients keep them under their own prefix: raw.path=..., new_split.seeds=[...]
@@ -51,6 +52,10 @@ def new_split_config():
 
 
 ex = Experiment("pgfa", ingredients=[raw, new_split], save_git_info=False)
+ex.logger = experiment_logger()  # its lines land in the captured output too
+ex.captured_out_filter = clean_output  # progress-bar redraws resolved, output capped (experiments/tracking.py)
+for _source in project_sources():
+    ex.add_source_file(str(_source))
 
 # Hyper-parameters that differ by track (the dataset's own defaults override these).
 # Setting 2 (PGFA's "sota" track): Shift-GCN on sequences stretched from 50 to 64 frames.
@@ -139,6 +144,10 @@ def config():
     support_factor = _d.get("support_factor", 0.9)
     min_support = 1
     entropy_scale = 1.0
+
+    # Where the run is recorded (experiments/observers.py). Credentials never reach the stored config.
+    mongo_url = ""  # "" = $PGFA_MONGO_URL if set, else the embedded server; or mongodb://user:pass@host:port/db
+    offline = False  # True: record locally only; `python main.py sync` uploads to MongoDB later
     del _spec, _split, _d, _b
 
 

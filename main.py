@@ -10,10 +10,15 @@
     python main.py prepare with dataset=utd_mhad raw.path=/data/UTD-MHAD/Skeleton   # see README: Preparing datasets
     python main.py prepare_generic with raw.name=mydata raw.path=/data/mydata raw.layout=ntu25
     python main.py make_split with dataset=ntu60 new_split.seeds=[7] new_split.ids=[r7]
+    python main.py server_start | server_status | server_stop   # the embedded run database
+    python main.py install_tracking                       # install it and Omniboard (once; runs do it on demand)
+    python main.py omniboard                              # browse the runs (http://127.0.0.1:9000/)
+    python main.py sync                                   # upload runs recorded offline or during an outage
 """
 from __future__ import annotations
 
 import logging
+import os
 
 from config import ex
 from data import demo, generic
@@ -21,8 +26,12 @@ from data import prepare as prepare_data
 from data.catalog import get_dataset
 from data.split_builder import build_splits, register_splits
 from descriptions import available_datasets, text_kinds
+from experiments import dbserver
+from experiments import omniboard as board
+from experiments.observers import MONGO_URL_ENV, connect, resolve_target
 from experiments.runtime import ensure_allocator_settings
-from experiments.tracking import SacredTracker, attach_observers, plain
+from experiments.sync import sync as sync_records
+from experiments.tracking import SacredTracker, attach_observers, interrupt_on_sigterm, plain, redact, redact_text
 from experiments.train import run_zero_shot
 from text import embeddings as text_embeddings
 from text.models import MODELS
@@ -41,10 +50,13 @@ def run(_config, _run):
     mode = _config["train_mode"]
     if mode not in TRACK_RUNNERS:
         raise NotImplementedError(f"train_mode={mode!r} is not available yet: {NOT_YET.get(mode, 'unknown mode')}")
-    return TRACK_RUNNERS[mode](plain(_config), SacredTracker(_run))
+    tracker = SacredTracker(_run)
+    result = TRACK_RUNNERS[mode](redact(plain(_config)), tracker)  # the checkpoint stores this config
+    tracker.summarize(result)
+    return result
 
 
-@ex.command
+@ex.command(unobserved=True)
 def embed(dataset, text_kind, text_model, data_root):
     """(Re)build the text embeddings of one dataset / text kind / model."""
     path = text_embeddings.build(data_root, dataset, text_kind, text_model,
@@ -53,7 +65,7 @@ def embed(dataset, text_kind, text_model, data_root):
     return str(path)
 
 
-@ex.command
+@ex.command(unobserved=True)
 def embed_all(data_root):
     """(Re)build the embeddings of every dataset with class texts, every text kind, every model."""
     written = []
@@ -66,13 +78,13 @@ def embed_all(data_root):
     return written
 
 
-@ex.command
+@ex.command(unobserved=True)
 def prepare(dataset, data_root, raw):
     """Raw files of ``dataset`` → prepared samples → every zero-shot split folder (README: Preparing datasets)."""
     return prepare_data.prepare_dataset(dataset, data_root, plain(raw))
 
 
-@ex.command
+@ex.command(unobserved=True)
 def prepare_generic(data_root, raw, new_split):
     """Register a dataset in the generic format (raw.name, raw.path, raw.layout, ...), draw its splits
     (new_split.*) and prepare it."""
@@ -84,7 +96,7 @@ def prepare_generic(data_root, raw, new_split):
     return prepare_data.prepare_dataset(raw["name"], data_root, {**plain(raw), "splits": list(splits)})
 
 
-@ex.command
+@ex.command(unobserved=True)
 def make_split(dataset, data_root, raw, new_split):
     """Register new zero-shot splits of ``dataset`` (seeded draws or explicit lists; new_split.*) and write
     them from its prepared samples."""
@@ -102,15 +114,83 @@ def make_split_specs(dataset: str, data_root: str, opts: dict) -> dict:
                         seeds=[] if opts["unseen"] else opts["seeds"], ids=opts["ids"])
 
 
-@ex.command
+@ex.command(unobserved=True)
 def prepare_demo(data_root):
     """Generate the built-in demo dataset into <data_root>/zeroshot/demo (every demo split)."""
     for d in demo.prepare(data_root):
         print(f"wrote {d}")
 
 
+def _embedded_only(mongo_url: str) -> None:
+    url = mongo_url or os.environ.get(MONGO_URL_ENV, "")
+    if url:
+        print(f"note: runs go to {redact_text(url)} (mongo_url / {MONGO_URL_ENV}), not to the embedded server")
+
+
+@ex.command(unobserved=True)
+def install_tracking():
+    """Install the embedded run database (its own venv) and Omniboard (npm) into .tools/, once."""
+    print(f"SecantusDB: {dbserver.install_server()}")
+    print(f"Omniboard:  {board.install()}")
+
+
+@ex.command(unobserved=True)
+def server_start(mongo_url):
+    """Start the embedded run database (installed on first use), or report the one already running."""
+    _embedded_only(mongo_url)
+    known = dbserver.status()
+    info = known or dbserver.ensure_running()
+    print(f"{'already running' if known else f'started in {info.start_seconds:.1f} s'}: {info.url} "
+          f"(pid {info.pid}, data {info.storage}, log {info.log})")
+
+
+@ex.command(unobserved=True)
+def server_status(mongo_url):
+    """Whether the embedded run database runs, and where."""
+    _embedded_only(mongo_url)
+    info = dbserver.status()
+    print(f"running: {info.url} (pid {info.pid}, since {info.started_at}, data {info.storage})" if info else
+          f"not running (data folder {dbserver.tracking_dir() / 'db'}); start it: python main.py server_start")
+
+
+@ex.command(unobserved=True)
+def server_stop():
+    """Stop the embedded run database cleanly (SIGTERM to its recorded pid)."""
+    info = dbserver.stop()
+    print(f"stopped the embedded run database (pid {info.pid})" if info else "the embedded run database was not running")
+
+
+@ex.command(unobserved=True)
+def omniboard(mongo_url):
+    """Install Omniboard (once) and serve the run database on http://127.0.0.1:9000/ until Ctrl-C."""
+    target = resolve_target(mongo_url)
+    board.ensure_columns(connect(target))
+    proc, url = board.start(target)
+    print(f"Omniboard: {url}  (runs in {target.display}; log {dbserver.tracking_dir() / 'omniboard.log'}; "
+          f"Ctrl-C stops it)", flush=True)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.stop(proc)
+
+
+@ex.command(unobserved=True)
+def sync(mongo_url):
+    """Upload the runs recorded offline (offline=True) or during a database outage, each exactly once."""
+    target = resolve_target(mongo_url)
+    done = sync_records(target)
+    for record, run_id in done["uploaded"]:
+        print(f"uploaded {record.name} as run {run_id}")
+    for record, why in done["waiting"]:
+        print(f"not yet: {record.name} ({why})")
+    print(f"{len(done['uploaded'])} run(s) uploaded to {target.display}; {len(done['waiting'])} still running")
+
+
 if __name__ == "__main__":
     ensure_allocator_settings()
     logging.getLogger("pgfa").setLevel(logging.INFO)
     attach_observers(ex)
+    interrupt_on_sigterm()
     ex.run_commandline()

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from data.catalog import PROJECT_ROOT, get_dataset
 from data.loading import Subset, ZeroShotData, load_zero_shot
+from experiments.artifacts import class_names, write_unseen_report
 from experiments.metrics import per_class_accuracy, top1
 from experiments.tracking import NullTracker, Tracker
 from module import build_backbone_from_config
@@ -250,8 +251,11 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
         metrics["unseen_top1_monitor" if by_test else "val_top1"] = sel.top1
         if cfg["monitor_unseen"] and not by_test:
             mon = zero_shot_eval(embed(model, data.unseen.x, batch_size=eval_bs, device=device), data.unseen.y,
-                                 data.unseen.classes, text, align=False)
+                                 data.unseen.classes, text, align=cfg["DA"], support_factor=cfg["support_factor"],
+                                 min_support=cfg["min_support"], entropy_scale=cfg["entropy_scale"])
             metrics["unseen_top1_monitor"] = mon.top1
+            if mon.top1_aligned is not None:
+                metrics["unseen_top1_aligned_monitor"] = mon.top1_aligned
         if sel.top1 > best["score"]:
             best.update(score=sel.top1, epoch=epoch, state=copy.deepcopy(model.state_dict()))
             save_checkpoint(ckpt_path, model, cfg, epoch, {"selection_top1": sel.top1})
@@ -285,6 +289,11 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
                        "unseen_per_class_mean_aligned": res.per_class_mean_aligned,
                        "alignment": "transductive (prototypes from the whole unseen test set)",
                        "support_factor": cfg["support_factor"]})
+    report = write_unseen_report(ckpt_path.parent, data.unseen.y, data.unseen.classes,
+                                 class_names(cfg["dataset"], data.unseen.classes), res.pred, res.pred_aligned,
+                                 res.feats, text, res.prototypes)
+    for path in [ckpt_path, *report]:
+        tracker.add_artifact(path)
     log.info("unseen top-1: inductive %.2f%%%s (per-class mean %.2f%%), selected epoch %d by %s",
              res.top1, f", aligned {res.top1_aligned:.2f}%" if cfg["DA"] else "", res.per_class_mean,
              best["epoch"] + 1, "unseen test accuracy" if by_test else "validation accuracy")
