@@ -382,7 +382,7 @@ def final_report(cfg: dict, data: ZeroShotData, text: torch.Tensor, model: Skele
                                     cfg["one_shot_text_weight"]))
         result["exemplars"] = {str(c): i for c, i in exemplars.items()}  # indices into unseen_data.npy
     report = write_unseen_report(outcome.checkpoint.parent, data.unseen.y, data.unseen.classes,
-                                 class_names(cfg["dataset"], data.unseen.classes), res.pred, res.pred_aligned,
+                                 class_names(cfg["dataset"], data.unseen.classes, cfg["data_root"]), res.pred, res.pred_aligned,
                                  res.feats, text, res.prototypes)
     for path in [outcome.checkpoint, *report]:
         tracker.add_artifact(path)
