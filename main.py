@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 
-from config import ex
+from config import ex, sweep_settings
 from data import demo, generic
 from data import prepare as prepare_data
 from data.catalog import get_dataset
@@ -29,27 +29,24 @@ from descriptions import available_datasets, text_kinds
 from experiments import dbserver
 from experiments import omniboard as board
 from experiments.observers import MONGO_URL_ENV, connect, resolve_target
+from experiments.report import aggregate, fetch_runs, write_report
 from experiments.runtime import ensure_allocator_settings
+from experiments.sweep import grid as sweep_grid
+from experiments.sweep import run_sweep, summarize_points
 from experiments.sync import sync as sync_records
 from experiments.tracking import SacredTracker, attach_observers, interrupt_on_sigterm, plain, redact, redact_text
-from experiments.train import run_zero_shot
+from experiments.train import run_test, run_zero_shot
 from text import embeddings as text_embeddings
 from text.models import MODELS
 
-# One loop for every track; tracks differ by config (config.py: TRACK_DEFAULTS).
-TRACK_RUNNERS = {"main": run_zero_shot, "sota": run_zero_shot}
-NOT_YET = {
-    "test": "checkpoint evaluation is part of the experiment-suite issue",
-    "one_shot": "the one-shot protocol is part of the experiment-suite issue",
-}
+# One loop for every training track; tracks differ by config (config.py: TRACK_DEFAULTS).
+TRACK_RUNNERS = {"main": run_zero_shot, "sota": run_zero_shot, "one_shot": run_zero_shot, "test": run_test}
 
 
 @ex.main
 def run(_config, _run):
     """Train and evaluate the configured track; the result dict is the run's result."""
     mode = _config["train_mode"]
-    if mode not in TRACK_RUNNERS:
-        raise NotImplementedError(f"train_mode={mode!r} is not available yet: {NOT_YET.get(mode, 'unknown mode')}")
     tracker = SacredTracker(_run)
     result = TRACK_RUNNERS[mode](redact(plain(_config)), tracker)  # the checkpoint stores this config
     tracker.summarize(result)
@@ -174,6 +171,32 @@ def omniboard(mongo_url):
         pass
     finally:
         board.stop(proc)
+
+
+@ex.command(unobserved=True)
+def sweep(data_root, mongo_url):
+    """Run a grid (sweep.datasets × splits × seeds × variants), one recorded run per point, skipping
+    points already COMPLETED in the database; stop it any time and start it again."""
+    s = sweep_settings()
+    base = {"data_root": data_root, **s["base"]}  # the runs read the sweep's data
+    points = sweep_grid(s["datasets"], s["splits"], s["seeds"], s["variants"], base, data_root)
+    print(f"sweep: {summarize_points(points)}")
+    db = connect(resolve_target(mongo_url))
+    return run_sweep(points, db, dry_run=s["dry_run"])
+
+
+@ex.command(unobserved=True)
+def results(mongo_url, report):
+    """The results table from the recorded runs: Markdown (printed), CSV and a bar chart in report.out."""
+    db = connect(resolve_target(mongo_url))
+    rows = aggregate(fetch_runs(db, list(report["datasets"]), list(report["tags"])))
+    if not rows:
+        print("no COMPLETED runs with results match")
+        return {}
+    paths = write_report(rows, report["out"])
+    print(paths["markdown"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return {k: str(v) for k, v in paths.items()}
 
 
 @ex.command(unobserved=True)

@@ -341,8 +341,9 @@ def split_classes(dataset: str, split: str | int, data_root: str | Path) -> tupl
 
 
 def zero_shot_split_ids(dataset: str, data_root: str | Path) -> list[str]:
-    """Every split of a dataset that uses the zero-shot layout (one-shot lists are a different protocol)."""
-    return [k for k, s in dataset_splits(dataset, data_root).items() if s["track"] != "one_shot"]
+    """Every split of a dataset. One-shot splits use the same layout: the novel classes are the
+    "unseen" part, from which ``train_mode="one_shot"`` draws one exemplar per class."""
+    return list(dataset_splits(dataset, data_root))
 
 
 def write_splits(samples: SampleSet, data_root: str | Path, dataset: str, split_ids: list[str], protocol: str,

@@ -20,10 +20,10 @@ from experiments.metrics import confusion_matrix, per_class_accuracy
 MAX_PLOTTED_SAMPLES = 3000  # the embedding plot draws a seeded subset of larger test sets
 
 
-def class_names(dataset: str, classes: list[int]) -> dict[int, str]:
+def class_names(dataset: str, classes: list[int], data_root: str | Path | None = None) -> dict[int, str]:
     """Label names of ``classes``; ids where the dataset has no class texts."""
     try:
-        labels = load_class_texts(dataset, "labels")
+        labels = load_class_texts(dataset, "labels", data_root=data_root)
     except TextError:
         return {c: f"class {c}" for c in classes}
     return {c: labels[c] for c in classes}

@@ -122,4 +122,5 @@ def test_report_files(tmp_path):
 def test_class_names_fall_back_to_ids_without_texts():
     assert artifacts.class_names("demo", [0])[0] == json.load(open(PROJECT_ROOT / "descriptions" / "demo.json"))[
         "classes"][0]["labels"]
-    assert artifacts.class_names("ntu60", [3, 4]) == {3: "class 3", 4: "class 4"}
+    assert artifacts.class_names("ntu60", [3, 4]) == {3: "brushing hair", 4: "drop"}
+    assert artifacts.class_names("no_texts_here", [3, 4]) == {3: "class 3", 4: "class 4"}
