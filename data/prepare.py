@@ -340,7 +340,7 @@ def split_classes(dataset: str, split: str | int, data_root: str | Path) -> tupl
     return unseen, val
 
 
-def zero_shot_split_ids(dataset: str, data_root: str | Path) -> list[str]:
+def published_split_ids(dataset: str, data_root: str | Path) -> list[str]:
     """Every split of a dataset. One-shot splits use the same layout: the novel classes are the
     "unseen" part, from which ``train_mode="one_shot"`` draws one exemplar per class."""
     return list(dataset_splits(dataset, data_root))
@@ -408,7 +408,7 @@ def prepare_dataset(dataset: str, data_root: str | Path, raw: dict, log: Log = p
     protocol = raw.get("protocol") or source.protocols[0]
     if protocol not in source.protocols:
         raise ValueError(f"raw.protocol={protocol!r}: {dataset} supports {list(source.protocols)}")
-    ids = [str(s) for s in raw.get("splits") or []] or zero_shot_split_ids(dataset, data_root)
+    ids = [str(s) for s in raw.get("splits") or []] or published_split_ids(dataset, data_root)
     for key in ids:
         split_spec(dataset, key, data_root)  # unknown split ids fail before the long stage 1
     origin = origin_index(spec.layout, spec.origin_joint)

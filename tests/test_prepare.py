@@ -111,6 +111,9 @@ PAPER_VAL = {"ntu60": {"5": [16, 21, 25, 31, 48], "12": [4, 8, 10, 13, 17, 22, 3
                         "24": [1, 3, 4, 10, 17, 19, 27, 47, 48, 53, 58, 63, 66, 79, 83, 86, 89, 92, 97, 98, 100,
                                103, 105, 108]},
              "pku": {}}
+ONE_SHOT = {"ntu60": {"one_shot_full_10": list(range(0, 60, 6))},  # SPLITS.md, one-shot track
+            "ntu120": {"one_shot_full_20": list(range(0, 120, 6))},
+            "pku": {"one_shot_pku_10": sorted([10, 30, 40, 0, 5, 35, 45, 15, 20, 25])}}  # stored sorted
 
 
 @pytest.mark.parametrize("dataset", sorted(PAPER))
@@ -118,10 +121,11 @@ def test_published_splits_are_written_with_the_papers_classes(tmp_path, dataset)
     k = get_dataset(dataset).num_classes
     samples = build_samples(AllClasses(dataset, k), prep.samples_dir(tmp_path, dataset, 50), num_classes=k,
                             frames=50, origin=1, shard_size=64, log=lambda m: None)
-    assert prep.zero_shot_split_ids(dataset, tmp_path) == list(PAPER[dataset])
-    write_splits(samples, tmp_path, dataset, list(PAPER[dataset]), "xsub", log=lambda m: None)
+    published = {**PAPER[dataset], **ONE_SHOT[dataset]}
+    assert prep.published_split_ids(dataset, tmp_path) == list(published)
+    write_splits(samples, tmp_path, dataset, list(published), "xsub", log=lambda m: None)
     spec = ArraySpec(k, 3, 25, 2)
-    for split, unseen in PAPER[dataset].items():
+    for split, unseen in published.items():
         d = split_dir(tmp_path, dataset, split)
         meta = json.loads((d / "meta.json").read_text())
         val = meta["val"]
@@ -329,7 +333,7 @@ def test_utd_mhad_prepared_arrays_pass_the_validator(tmp_path):
 
 def test_ntu_shared_files_prepare(tmp_path):
     raw = {"path": str(shared("ntu_raw"))}
-    with pytest.raises(SplitError, match=r"5 of 5 splits could not be written:\n  ntu120 split 4: unseen classes "
+    with pytest.raises(SplitError, match=r"6 of 6 splits could not be written:\n  ntu120 split 4: unseen classes "
                                          r"\[3, 18, 26, 38, 41\] have no test samples"):
         prepare_dataset("ntu120", tmp_path, raw, log=lambda m: None)  # a subset: the paper's classes are missing
     samples = SampleSet(prep.samples_dir(tmp_path, "ntu120", 50))
