@@ -1,10 +1,14 @@
-# make demo   set up .venv (once) and run the main job on the built-in demo data
-# make test   set up .venv (once) and run the test suite
+# make demo            set up .venv (once) and run the main job on the built-in demo data
+# make test            set up .venv (once) and run the test suite
+# make tracking-tools  install the embedded run database and Omniboard into .tools/ (once)
+# make omniboard       browse the recorded runs on http://127.0.0.1:9000/ (Ctrl-C stops it)
+# make server-stop     stop the embedded run database
+# make sync            upload runs recorded offline or during a database outage
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test clean-runs
+.PHONY: setup demo test tracking-tools omniboard server-stop sync clean-runs
 
 setup: $(VENV)/.installed
 
@@ -19,6 +23,18 @@ demo: setup
 
 test: setup
 	$(PY) -m experiments.runtime -m pytest
+
+tracking-tools: setup
+	$(PY) main.py install_tracking
+
+omniboard: setup
+	$(PY) main.py omniboard
+
+server-stop: setup
+	$(PY) main.py server_stop
+
+sync: setup
+	$(PY) main.py sync
 
 clean-runs:
 	rm -rf runs

@@ -8,32 +8,105 @@ entry can still be overridden on the command line; unknown keys are refused.
 """
 from __future__ import annotations
 
-from sacred import Experiment
+from sacred import Experiment, Ingredient
 from sacred.settings import SETTINGS
 
 from data.catalog import DATA_DIR, TRACKS, dataset_splits, default_split, draw_val_classes, get_dataset, split_spec
+from experiments.checkpoints import checkpoint_config, model_entries
+from experiments.tracking import clean_output, experiment_logger, plain, project_sources
 from text.models import text_dim as _text_dim
 
 SETTINGS.CAPTURE_MODE = "sys"  # capture the run's output without a pseudo-terminal
-SETTINGS.DISCOVER_SOURCES = "dir"  # record the project's own sources with each run
+SETTINGS.DISCOVER_SOURCES = "none"  # the project's sources are added below (Sacred's "dir" also takes a .venv)
 
-ex = Experiment("pgfa", save_git_info=False)
+# Inputs of the data commands (prepare, prepare_generic, make_split); see the README's
+# "Preparing datasets". Ingredients keep them under their own prefix: raw.path=..., new_split.seeds=[...]
+raw = Ingredient("raw")
+new_split = Ingredient("new_split")
+
+
+@raw.config
+def raw_config():
+    path = ""  # the raw input: a folder (or list of folders) of files, or pyskl's .pkl
+    format = "auto"  # ntu60/ntu120: skeleton | pyskl | auto (by the path's suffix)
+    labels = ""  # PKU-MMD: the label folder (Train_Label_PKU_final)
+    split_file = ""  # PKU-MMD: cross-subject.txt
+    protocol = ""  # train/test protocol; "" = the dataset's standard (xsub; NW-UCLA xview)
+    splits = []  # split ids to write; [] = every zero-shot split of the dataset
+    workers = 1  # reader processes
+    shard_size = 1000  # items per shard: the unit of memory use and of resuming
+    name = ""  # prepare_generic: the new dataset's name
+    layout = "ntu25"  # prepare_generic: graph layout of its skeletons (module/graph.py)
+    persons = 1  # prepare_generic: actors per sample
+    origin_joint = ""  # prepare_generic: joint put at the origin; "" = the layout's default
+    train_subjects = []  # generic data without a split column: the training subjects
+
+
+@new_split.config
+def new_split_config():
+    unseen = []  # explicit unseen class ids (then ids=[one name])
+    val = []  # explicit validation class ids
+    num_unseen = 5  # drawn splits: unseen classes per split
+    num_val = None  # drawn splits: validation classes (None = num_unseen)
+    seeds = [1, 2, 3]  # one drawn split per seed
+    ids = []  # split ids; [] = the seeds
+
+
+# Sweeps and the results table (README: Sweeps and the results table).
+sweep = Ingredient("sweep")
+report = Ingredient("report")
+
+
+@sweep.config
+def sweep_config():
+    datasets = ["demo"]  # datasets of the grid
+    splits = []  # split ids; [] = every split of each dataset for the track (base.train_mode, default main)
+    seeds = [0, 1, 2]
+    variants = {}  # name -> config overrides, stored as each run's tag; {} = one variant named "default"
+    base = {}  # overrides for every point (a variant's entries win), e.g. {"epoch_num": 20}
+    dry_run = False  # list what would run, start nothing
+
+
+@sweep.capture
+def sweep_settings(datasets, splits, seeds, variants, base, dry_run) -> dict:
+    """The sweep's entries. Captured by the ingredient, so the free-form dicts ``variants`` and
+    ``base`` may hold any config overrides (Sacred notes each added key with a warning)."""
+    if isinstance(datasets, str) or isinstance(splits, str):
+        raise ValueError("sweep.datasets / sweep.splits must be lists; quote them on the command line: "
+                         "\"sweep.datasets=['demo']\" sweep.splits=[1,2]")
+    return {"datasets": list(datasets), "splits": list(splits), "seeds": list(seeds),
+            "variants": plain(variants) or {"default": {}}, "base": plain(base), "dry_run": bool(dry_run)}
+
+
+@report.config
+def report_config():
+    datasets = []  # [] = all
+    tags = []  # [] = all variants
+    out = "results"  # folder for results.md, results.csv, results.png
+
+
+ex = Experiment("pgfa", ingredients=[raw, new_split, sweep, report], save_git_info=False)
+ex.logger = experiment_logger()  # its lines land in the captured output too
+ex.captured_out_filter = clean_output  # progress-bar redraws resolved, output capped (experiments/tracking.py)
+for _source in project_sources():
+    ex.add_source_file(str(_source))
 
 # Hyper-parameters that differ by track (the dataset's own defaults override these).
 # Setting 2 (PGFA's "sota" track): Shift-GCN on sequences stretched from 50 to 64 frames.
+# One-shot (PGFA/SkeletonX): 100 epochs in the original (the demo keeps its own short schedule).
 TRACK_DEFAULTS: dict[str, dict] = {"main": {}, "sota": {"backbone": "shiftgcn", "max_frame": 64},
-                                   "test": {}, "one_shot": {}}
+                                   "test": {}, "one_shot": {"epoch_num": 100}}
 # Defaults that follow the backbone (override any of them with `with ...`).
 BACKBONE_DEFAULTS: dict[str, dict] = {"stgcn": {"hidden_channels": 16}, "shiftgcn": {"hidden_channels": 64}}
 
 
-def check_track_split(train_mode: str, dataset: str, split: str | int) -> None:
+def check_track_split(train_mode: str, dataset: str, split: str | int, data_root: str | None = None) -> None:
     """Setting-2 numbers are only comparable on SynSE's splits: where a dataset publishes
     splits for the sota track, ``train_mode="sota"`` must use one of them. (The demo dataset
     has none, so its splits stand in for a tiny Setting-2 run.)"""
     if train_mode != "sota":
         return
-    published = [k for k, spec in dataset_splits(dataset).items() if spec["track"] == "sota"]
+    published = [k for k, spec in dataset_splits(dataset, data_root).items() if spec["track"] == "sota"]
     if published and str(split) not in published:
         raise ValueError(f"train_mode='sota' (Setting 2) uses the SynSE splits of {dataset}: {published}; "
                          f"got split={split!r}. For Shift-GCN on another split use train_mode='main' "
@@ -42,50 +115,59 @@ def check_track_split(train_mode: str, dataset: str, split: str | int) -> None:
 
 @ex.config
 def config():
-    train_mode = "main"  # main (Setting 1) | sota (Setting 2) | test | one_shot
+    train_mode = "main"  # main (Setting 1) | sota (Setting 2) | test (evaluate a checkpoint) | one_shot
     if train_mode not in TRACKS:
         raise ValueError(f"unknown train_mode {train_mode!r}; choose one of {list(TRACKS)}")
-    dataset = "demo"  # demo | ntu60 | ntu120 | pku
-    split = default_split(dataset, train_mode)  # see data/splits.json
+    # Where the run is recorded (experiments/observers.py). Credentials never reach the stored config.
+    mongo_url = ""  # "" = $PGFA_MONGO_URL if set, else the embedded server; or mongodb://user:pass@host:port/db
+    offline = False  # True: record locally only; `python main.py sync` uploads to MongoDB later
+    checkpoint = ""  # train_mode="test": a best.pt, a run folder, or the id of a run recorded in MongoDB
+    # test mode: the checkpoint's training config gives the model entries and the default dataset/split
+    _ck = checkpoint_config(checkpoint, mongo_url) if train_mode == "test" else {}
+
+    dataset = _ck.get("dataset", "demo")  # demo | ntu60 | ntu120 | pku | utd_mhad | nw_ucla | a generic dataset
+    data_root = str(DATA_DIR)  # arrays in <data_root>/zeroshot/<dataset>/split_<k>, texts in <data_root>/language
+    split = _ck["split"] if _ck.get("dataset") == dataset else default_split(dataset, train_mode, data_root)
     seed = 0
     device = "auto"  # auto = cuda if available, else cpu
+    tag = ""  # a label for this run's variant (sweeps set it; the results table groups by it)
 
-    _spec = get_dataset(dataset)
-    _split = split_spec(dataset, split)
-    check_track_split(train_mode, dataset, split)
-    _d = {**TRACK_DEFAULTS[train_mode], **_spec.defaults}
+    _spec = get_dataset(dataset, data_root)
+    _split = split_spec(dataset, split, data_root)
+    check_track_split(train_mode, dataset, split, data_root)
+    _d = {**TRACK_DEFAULTS[train_mode], **_spec.defaults, **model_entries(_ck)}
 
-    data_root = str(DATA_DIR)  # arrays in <data_root>/zeroshot/<dataset>/split_<k>, texts in <data_root>/language
     max_frame = _d.get("max_frame", _spec.frames)  # T the model sees; other lengths are resampled
     unseen_classes = list(_split["unseen"])
     val_seed = 0  # draws the validation classes where the split publishes none
     val_classes = list(_split["val"]) if _split["val"] else draw_val_classes(
         _spec.num_classes, unseen_classes, len(unseen_classes), val_seed)
-    out_dir = ""  # checkpoints; "" = runs/<time>-<dataset>-split<k>-<mode>-seed<s>
+    out_dir = ""  # checkpoints and resumable state; "" = runs/<time>-<dataset>-split<k>-<mode>-seed<s>
+    resume = ""  # a run folder holding last.pt: continue that run where it stopped (same config)
 
     backbone = _d.get("backbone", "stgcn")  # stgcn | shiftgcn (module/registry.py)
     _b = BACKBONE_DEFAULTS.get(backbone, {})
-    in_channels = 3
-    hidden_channels = _b.get("hidden_channels", 16)  # width of the first units: ST-GCN 16, Shift-GCN 64
-    out_channels = 256  # skeleton embedding size before the projection head
-    dropout = 0.5
-    graph_layout = _spec.layout
-    graph_strategy = "spatial"
-    max_hop = 1
-    edge_importance = True
-    temporal_kernel = 9
-    num_person = _spec.num_person  # M of the arrays; Shift-GCN's input BatchNorm is built for it
+    in_channels = _d.get("in_channels", 3)
+    hidden_channels = _d.get("hidden_channels", _b.get("hidden_channels", 16))  # ST-GCN 16, Shift-GCN 64
+    out_channels = _d.get("out_channels", 256)  # skeleton embedding size before the projection head
+    dropout = _d.get("dropout", 0.5)
+    graph_layout = _d.get("graph_layout", _spec.layout)
+    graph_strategy = _d.get("graph_strategy", "spatial")
+    max_hop = _d.get("max_hop", 1)
+    edge_importance = _d.get("edge_importance", True)
+    temporal_kernel = _d.get("temporal_kernel", 9)
+    num_person = _d.get("num_person", _spec.num_person)  # M the model is built for (Shift-GCN's input BatchNorm)
     shift_impl = "auto"  # Shift-GCN temporal shift: auto (CUDA kernel on a GPU, else reference) | cuda | ref
     shift_pos_grad = "constrained"  # constrained (the original's sign steps) | exact (the true derivative)
     formulation = "fast"  # fast | reference: the same backbone math, straightforwardly formulated (same parameters)
     precision = "fp32"  # fp32 | bf16 (forward under bfloat16 autocast, on CPU or CUDA; float32 weights and loss)
     data_on_device = "auto"  # auto (keep the arrays on the GPU when they fit) | True | False
 
-    text_kind = "des"  # labels | des | parts
-    text_model = "mpnet"  # mpnet (768-d, the paper's) | minilm (384-d) | path to a local model
+    text_kind = _d.get("text_kind", "des")  # labels | des | parts
+    text_model = _d.get("text_model", "mpnet")  # mpnet (768-d, the paper's) | minilm (384-d) | a local model path
     text_dim = _text_dim(text_model)
-    init_temperature = 0.07
-    learn_temperature = True  # False reproduces the original, whose temperature never trained
+    init_temperature = _d.get("init_temperature", 0.07)
+    learn_temperature = _d.get("learn_temperature", True)  # False reproduces the original's fixed temperature
 
     lr = _d.get("lr", 0.05)
     momentum = 0.9
@@ -109,7 +191,12 @@ def config():
     support_factor = _d.get("support_factor", 0.9)
     min_support = 1
     entropy_scale = 1.0
-    del _spec, _split, _d, _b
+
+    gzsl = False  # also evaluate generalized zero-shot (seen test + unseen samples; needs seen_test arrays)
+    gzsl_holdout = 0.1  # gzsl: fraction of each training class held out of training to calibrate gamma
+    exemplar_seed = 0  # one_shot: draws the one labelled exemplar of each novel class (recorded in the result)
+    one_shot_text_weight = 0.5  # one_shot "combined": prototype = (1 - w) exemplar + w text (unit vectors)
+    del _spec, _split, _d, _b, _ck
 
 
 @ex.named_config
@@ -128,6 +215,18 @@ def ntu120():
 def pku():
     """PKU-MMD I, Setting 1 (support_factor 1.0, lr 0.05)."""
     dataset = "pku"
+
+
+@ex.named_config
+def utd_mhad():
+    """UTD-MHAD (Kinect v1, 27 classes), cross-subject, seeded splits 1-3 of 5 unseen classes."""
+    dataset = "utd_mhad"
+
+
+@ex.named_config
+def nw_ucla():
+    """NW-UCLA (Kinect v1, 10 classes), cross-view, seeded splits 1-3 of 3 unseen classes."""
+    dataset = "nw_ucla"
 
 
 @ex.named_config

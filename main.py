@@ -7,67 +7,213 @@
     python main.py embed with dataset=demo text_kind=labels text_model=minilm
     python main.py embed_all
     python main.py prepare_demo
+    python main.py prepare with dataset=utd_mhad raw.path=/data/UTD-MHAD/Skeleton   # see README: Preparing datasets
+    python main.py prepare_generic with raw.name=mydata raw.path=/data/mydata raw.layout=ntu25
+    python main.py make_split with dataset=ntu60 new_split.seeds=[7] new_split.ids=[r7]
+    python main.py server_start | server_status | server_stop   # the embedded run database
+    python main.py install_tracking                       # install it and Omniboard (once; runs do it on demand)
+    python main.py omniboard                              # browse the runs (http://127.0.0.1:9000/)
+    python main.py sync                                   # upload runs recorded offline or during an outage
 """
 from __future__ import annotations
 
 import logging
+import os
 
-from config import ex
-from data import demo
+from config import ex, sweep_settings
+from data import demo, generic
+from data import prepare as prepare_data
 from data.catalog import get_dataset
+from data.split_builder import build_splits, register_splits
 from descriptions import available_datasets, text_kinds
+from experiments import dbserver
+from experiments import omniboard as board
+from experiments.observers import MONGO_URL_ENV, connect, resolve_target
+from experiments.report import aggregate, fetch_runs, write_report
 from experiments.runtime import ensure_allocator_settings
-from experiments.tracking import SacredTracker, attach_observers, plain
-from experiments.train import run_zero_shot
+from experiments.sweep import grid as sweep_grid
+from experiments.sweep import run_sweep, summarize_points
+from experiments.sync import sync as sync_records
+from experiments.tracking import SacredTracker, attach_observers, interrupt_on_sigterm, plain, redact, redact_text
+from experiments.train import run_test, run_zero_shot
 from text import embeddings as text_embeddings
 from text.models import MODELS
 
-# One loop for every track; tracks differ by config (config.py: TRACK_DEFAULTS).
-TRACK_RUNNERS = {"main": run_zero_shot, "sota": run_zero_shot}
-NOT_YET = {
-    "test": "checkpoint evaluation is part of the experiment-suite issue",
-    "one_shot": "the one-shot protocol is part of the experiment-suite issue",
-}
+# One loop for every training track; tracks differ by config (config.py: TRACK_DEFAULTS).
+TRACK_RUNNERS = {"main": run_zero_shot, "sota": run_zero_shot, "one_shot": run_zero_shot, "test": run_test}
 
 
 @ex.main
 def run(_config, _run):
     """Train and evaluate the configured track; the result dict is the run's result."""
     mode = _config["train_mode"]
-    if mode not in TRACK_RUNNERS:
-        raise NotImplementedError(f"train_mode={mode!r} is not available yet: {NOT_YET.get(mode, 'unknown mode')}")
-    return TRACK_RUNNERS[mode](plain(_config), SacredTracker(_run))
+    tracker = SacredTracker(_run)
+    result = TRACK_RUNNERS[mode](redact(plain(_config)), tracker)  # the checkpoint stores this config
+    tracker.summarize(result)
+    return result
 
 
-@ex.command
+@ex.command(unobserved=True)
 def embed(dataset, text_kind, text_model, data_root):
     """(Re)build the text embeddings of one dataset / text kind / model."""
-    path = text_embeddings.build(data_root, dataset, text_kind, text_model, get_dataset(dataset).num_classes)
+    path = text_embeddings.build(data_root, dataset, text_kind, text_model,
+                                 get_dataset(dataset, data_root).num_classes)
     print(f"wrote {path}")
     return str(path)
 
 
-@ex.command
+@ex.command(unobserved=True)
 def embed_all(data_root):
     """(Re)build the embeddings of every dataset with class texts, every text kind, every model."""
     written = []
-    for ds in available_datasets():
-        for kind in text_kinds(ds):
+    for ds in available_datasets(data_root):
+        for kind in text_kinds(ds, data_root):
             for model in MODELS:
-                written.append(str(text_embeddings.build(data_root, ds, kind, model, get_dataset(ds).num_classes)))
+                written.append(str(text_embeddings.build(data_root, ds, kind, model,
+                                                         get_dataset(ds, data_root).num_classes)))
                 print(f"wrote {written[-1]}")
     return written
 
 
-@ex.command
+@ex.command(unobserved=True)
+def prepare(dataset, data_root, raw):
+    """Raw files of ``dataset`` → prepared samples → every zero-shot split folder (README: Preparing datasets)."""
+    return prepare_data.prepare_dataset(dataset, data_root, plain(raw))
+
+
+@ex.command(unobserved=True)
+def prepare_generic(data_root, raw, new_split):
+    """Register a dataset in the generic format (raw.name, raw.path, raw.layout, ...), draw its splits
+    (new_split.*) and prepare it."""
+    root = generic.register(data_root, raw["name"], raw["path"], raw["layout"], persons=raw["persons"],
+                            origin_joint=raw["origin_joint"], train_subjects=list(raw["train_subjects"]))
+    print(f"registered {raw['name']} in {root}")
+    splits = make_split_specs(raw["name"], data_root, plain(new_split))
+    register_splits(data_root, raw["name"], splits)
+    return prepare_data.prepare_dataset(raw["name"], data_root, {**plain(raw), "splits": list(splits)})
+
+
+@ex.command(unobserved=True)
+def make_split(dataset, data_root, raw, new_split):
+    """Register new zero-shot splits of ``dataset`` (seeded draws or explicit lists; new_split.*) and write
+    them from its prepared samples."""
+    splits = make_split_specs(dataset, data_root, plain(new_split))
+    path = register_splits(data_root, dataset, splits)
+    print(f"registered splits {list(splits)} in {path}")
+    samples = prepare_data.existing_samples(data_root, dataset)
+    protocol = raw["protocol"] or samples.protocols[0]
+    return [str(p) for p in prepare_data.write_splits(samples, data_root, dataset, list(splits), protocol)]
+
+
+def make_split_specs(dataset: str, data_root: str, opts: dict) -> dict:
+    return build_splits(get_dataset(dataset, data_root).num_classes, unseen=opts["unseen"], val=opts["val"],
+                        num_unseen=opts["num_unseen"], num_val=opts["num_val"],
+                        seeds=[] if opts["unseen"] else opts["seeds"], ids=opts["ids"])
+
+
+@ex.command(unobserved=True)
 def prepare_demo(data_root):
     """Generate the built-in demo dataset into <data_root>/zeroshot/demo (every demo split)."""
     for d in demo.prepare(data_root):
         print(f"wrote {d}")
 
 
+def _embedded_only(mongo_url: str) -> None:
+    url = mongo_url or os.environ.get(MONGO_URL_ENV, "")
+    if url:
+        print(f"note: runs go to {redact_text(url)} (mongo_url / {MONGO_URL_ENV}), not to the embedded server")
+
+
+@ex.command(unobserved=True)
+def install_tracking():
+    """Install the embedded run database (its own venv) and Omniboard (npm) into .tools/, once."""
+    print(f"SecantusDB: {dbserver.install_server()}")
+    print(f"Omniboard:  {board.install()}")
+
+
+@ex.command(unobserved=True)
+def server_start(mongo_url):
+    """Start the embedded run database (installed on first use), or report the one already running."""
+    _embedded_only(mongo_url)
+    known = dbserver.status()
+    info = known or dbserver.ensure_running()
+    print(f"{'already running' if known else f'started in {info.start_seconds:.1f} s'}: {info.url} "
+          f"(pid {info.pid}, data {info.storage}, log {info.log})")
+
+
+@ex.command(unobserved=True)
+def server_status(mongo_url):
+    """Whether the embedded run database runs, and where."""
+    _embedded_only(mongo_url)
+    info = dbserver.status()
+    print(f"running: {info.url} (pid {info.pid}, since {info.started_at}, data {info.storage})" if info else
+          f"not running (data folder {dbserver.tracking_dir() / 'db'}); start it: python main.py server_start")
+
+
+@ex.command(unobserved=True)
+def server_stop():
+    """Stop the embedded run database cleanly (SIGTERM to its recorded pid)."""
+    info = dbserver.stop()
+    print(f"stopped the embedded run database (pid {info.pid})" if info else "the embedded run database was not running")
+
+
+@ex.command(unobserved=True)
+def omniboard(mongo_url):
+    """Install Omniboard (once) and serve the run database on http://127.0.0.1:9000/ until Ctrl-C."""
+    target = resolve_target(mongo_url)
+    board.ensure_columns(connect(target))
+    proc, url = board.start(target)
+    print(f"Omniboard: {url}  (runs in {target.display}; log {dbserver.tracking_dir() / 'omniboard.log'}; "
+          f"Ctrl-C stops it)", flush=True)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.stop(proc)
+
+
+@ex.command(unobserved=True)
+def sweep(data_root, mongo_url):
+    """Run a grid (sweep.datasets × splits × seeds × variants), one recorded run per point, skipping
+    points already COMPLETED in the database; stop it any time and start it again."""
+    s = sweep_settings()
+    base = {"data_root": data_root, **s["base"]}  # the runs read the sweep's data
+    points = sweep_grid(s["datasets"], s["splits"], s["seeds"], s["variants"], base, data_root)
+    print(f"sweep: {summarize_points(points)}")
+    db = connect(resolve_target(mongo_url))
+    return run_sweep(points, db, dry_run=s["dry_run"])
+
+
+@ex.command(unobserved=True)
+def results(mongo_url, report):
+    """The results table from the recorded runs: Markdown (printed), CSV and a bar chart in report.out."""
+    db = connect(resolve_target(mongo_url))
+    rows = aggregate(fetch_runs(db, list(report["datasets"]), list(report["tags"])))
+    if not rows:
+        print("no COMPLETED runs with results match")
+        return {}
+    paths = write_report(rows, report["out"])
+    print(paths["markdown"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return {k: str(v) for k, v in paths.items()}
+
+
+@ex.command(unobserved=True)
+def sync(mongo_url):
+    """Upload the runs recorded offline (offline=True) or during a database outage, each exactly once."""
+    target = resolve_target(mongo_url)
+    done = sync_records(target)
+    for record, run_id in done["uploaded"]:
+        print(f"uploaded {record.name} as run {run_id}")
+    for record, why in done["waiting"]:
+        print(f"not yet: {record.name} ({why})")
+    print(f"{len(done['uploaded'])} run(s) uploaded to {target.display}; {len(done['waiting'])} still running")
+
+
 if __name__ == "__main__":
     ensure_allocator_settings()
     logging.getLogger("pgfa").setLevel(logging.INFO)
     attach_observers(ex)
+    interrupt_on_sigterm()
     ex.run_commandline()

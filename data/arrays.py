@@ -130,3 +130,29 @@ def save_part(split_dir: str | Path, part: str, data: np.ndarray, labels: np.nda
         with open(tmp, "wb") as f:
             np.save(f, arr)
         tmp.replace(path)
+
+
+def write_npy_chunks(path: str | Path, shape: tuple[int, ...], dtype: np.dtype | str, chunks) -> None:
+    """Write an ``.npy`` of a known ``shape`` from an iterable of row blocks, atomically.
+
+    Only one block is in memory at a time, so a split of any size is written with bounded memory.
+    Raises ``DataError`` if the blocks do not add up to ``shape``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = np.dtype(dtype)
+    tmp = path.with_name(path.name + ".tmp")
+    rows = 0
+    with open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+        for block in chunks:
+            block = np.ascontiguousarray(block, dtype=dtype)
+            if block.shape[1:] != tuple(shape[1:]):
+                raise DataError(f"{path}: block of shape {block.shape} does not fit rows of shape {shape[1:]}")
+            f.write(block.tobytes())
+            rows += block.shape[0]
+    if rows != shape[0]:
+        tmp.unlink()
+        raise DataError(f"{path}: {rows} rows written, {shape[0]} announced")
+    tmp.replace(path)

@@ -4,7 +4,9 @@
 * ``val``: training-subject samples of the validation classes (held-out seen classes,
   treated as unseen for model selection);
 * ``unseen``: the unseen test classes (scored once, with the selected checkpoint);
-* ``seen_test``: seen-class test samples when the split has them (for GZSL).
+* ``seen_test``: seen-class test samples when the split has them (for GZSL);
+* ``val_seen``: with ``holdout > 0``, that fraction of each training class's samples, kept out
+  of training: the "seen" half of the validation data that calibrates GZSL.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class ZeroShotData:
     val: Subset | None
     unseen: Subset
     seen_test: Subset | None
+    val_seen: Subset | None = None
 
 
 def resample_time(x: np.ndarray, frames: int, chunk: int = 1024) -> np.ndarray:
@@ -60,8 +63,22 @@ def ensure_prepared(data_root: str | Path, dataset: str, split: str | int) -> No
         demo.prepare(data_root)
 
 
+def holdout_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """True for ``round(fraction · n_c)`` (at least one) seeded samples of every class c."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        if k < 1:
+            raise DataError(f"class {c} has {len(idx)} training sample(s): too few to hold any out for GZSL calibration")
+        mask[rng.choice(idx, size=k, replace=False)] = True
+    return mask
+
+
 def load_zero_shot(data_root: str | Path, spec: DatasetSpec, split: str | int, unseen: list[int],
-                   val: list[int], frames: int, use_val: bool = True) -> ZeroShotData:
+                   val: list[int], frames: int, use_val: bool = True, holdout: float = 0.0,
+                   holdout_seed: int = 0) -> ZeroShotData:
     """Load, validate and carve one split.
 
     Args:
@@ -71,6 +88,8 @@ def load_zero_shot(data_root: str | Path, spec: DatasetSpec, split: str | int, u
         unseen: unseen test classes; val: validation classes (held out of the seen ones).
         frames: T the model sees (data is resampled if it differs).
         use_val: hold the validation classes out of training (False: train on all seen classes).
+        holdout: fraction of each training class's samples kept out of training as ``val_seen``.
+        holdout_seed: seeds that choice.
     """
     ensure_prepared(data_root, spec.name, split)
     d = split_dir(data_root, spec.name, split)
@@ -96,12 +115,17 @@ def load_zero_shot(data_root: str | Path, spec: DatasetSpec, split: str | int, u
         train, val_set = subset(x, y, sorted(seen)), None
     if len(train) == 0:
         raise DataError(f"{d}: no training samples left after holding out validation classes {val}")
+    val_seen = None
+    if holdout > 0:
+        keep = holdout_mask(train.y.numpy(), holdout, holdout_seed)
+        val_seen = Subset(train.x[torch.from_numpy(keep)], train.y[torch.from_numpy(keep)], train.classes)
+        train = Subset(train.x[torch.from_numpy(~keep)], train.y[torch.from_numpy(~keep)], train.classes)
 
     seen_test = None
     if all(p.is_file() for p in part_paths(d, "seen_test")):
         sx, sy = load_part(d, "seen_test", arr, allowed=seen, hint=spec.prepare)
         seen_test = subset(sx, sy, sorted(seen))
-    return ZeroShotData(train, val_set, subset(ux, uy, sorted(unseen)), seen_test)
+    return ZeroShotData(train, val_set, subset(ux, uy, sorted(unseen)), seen_test, val_seen)
 
 
 def _layout_joints(layout: str) -> int:

@@ -29,6 +29,9 @@ from tqdm import tqdm
 
 from data.catalog import PROJECT_ROOT, get_dataset
 from data.loading import Subset, ZeroShotData, load_zero_shot
+from experiments.artifacts import class_names, write_unseen_report
+from experiments.checkpoints import load_checkpoint, resolve_checkpoint
+from experiments.gzsl import choose_gamma, class_scores, evaluate_gzsl, one_shot_eval, pick_exemplars
 from experiments.metrics import per_class_accuracy, top1
 from experiments.tracking import NullTracker, Tracker
 from module import build_backbone_from_config
@@ -216,29 +219,94 @@ def zero_shot_eval(feats: torch.Tensor, labels: torch.Tensor, classes: list[int]
 # ----------------------------------------------------------------------------- the track
 
 def checkpoint_dir(cfg: dict) -> Path:
+    if cfg.get("resume"):
+        return Path(cfg["resume"])
     if cfg.get("out_dir"):
         return Path(cfg["out_dir"])
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return PROJECT_ROOT / "runs" / f"{stamp}-{cfg['dataset']}-split{cfg['split']}-{cfg['train_mode']}-seed{cfg['seed']}"
 
 
-def save_checkpoint(path: Path, model: SkeletonTextModel, cfg: dict, epoch: int, metrics: dict) -> None:
-    """Weights plus the run's config, loadable with ``torch.load(path, weights_only=True)``."""
+def _save_atomic(obj: dict, path: Path) -> None:
+    """Write to a temporary file, then rename: a kill at any moment leaves the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "config": cfg, "epoch": epoch, "metrics": metrics}, tmp)
+    torch.save(obj, tmp)
     tmp.replace(path)
 
 
+def save_checkpoint(path: Path, model: SkeletonTextModel, cfg: dict, epoch: int, metrics: dict) -> None:
+    """Weights plus the run's config, loadable with ``torch.load(path, weights_only=True)``."""
+    _save_atomic({"model": model.state_dict(), "config": cfg, "epoch": epoch, "metrics": metrics}, path)
+
+
+# ----------------------------------------------------------------------------- resumable state
+
+STATE_FILE = "last.pt"
+# Entries that may differ between a run and its continuation (where and how it is recorded).
+RESUME_FREE_KEYS = {"resume", "out_dir", "mongo_url", "offline", "device", "shift_impl", "eval_batch_size"}
+
+
+def rng_snapshot(generator: torch.Generator) -> dict:
+    """Every random state the loop depends on, as tensors and plain values (``weights_only``-safe)."""
+    np_state = np.random.get_state()
+    return {"batches": generator.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": list(random.getstate())}
+
+
+def restore_rng(snap: dict, generator: torch.Generator) -> None:
+    generator.set_state(snap["batches"])
+    torch.set_rng_state(snap["torch"])
+    if snap["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(snap["cuda"])
+    name, keys, *rest = snap["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = snap["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_state(path: Path, *, model, optimizer, generator, cfg: dict, next_epoch: int, best: dict,
+               history: list[dict], train_seconds: float) -> None:
+    """Everything needed to continue after ``next_epoch - 1`` as if never interrupted."""
+    _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_snapshot(generator),
+                  "next_epoch": next_epoch, "best": best, "history": history, "config": cfg,
+                  "train_seconds": train_seconds}, path)
+
+
+def load_state(folder: str | Path, cfg: dict) -> dict:
+    """The state of an interrupted run, checked against the current config."""
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={str(folder)!r}: no {STATE_FILE} there (a run writes it after each epoch)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    differ = sorted(k for k in set(cfg) | set(state["config"])
+                    if k not in RESUME_FREE_KEYS and cfg.get(k) != state["config"].get(k))
+    if differ:
+        detail = ", ".join(f"{k}: {state['config'].get(k)!r} → {cfg.get(k)!r}" for k in differ[:8])
+        raise ValueError(f"resume={str(folder)!r}: the config differs from the interrupted run's ({detail}); "
+                         "resume with the same settings")
+    return state
+
+
+# ----------------------------------------------------------------------------- the tracks
+
 def prepare_run(cfg: dict) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextModel, torch.device]:
     """Everything that can fail on bad input, checked before the first training step."""
-    spec = get_dataset(cfg["dataset"])
-    use_val = cfg["selection"] == "val"
+    spec = get_dataset(cfg["dataset"], cfg["data_root"])
     if cfg["selection"] not in ("val", "test"):
         raise ValueError(f"selection must be 'val' or 'test', got {cfg['selection']!r}")
     get_loss(cfg["loss_type"])
+    use_val = cfg["selection"] == "val" or cfg.get("gzsl", False)
     data = load_zero_shot(cfg["data_root"], spec, cfg["split"], cfg["unseen_classes"], cfg["val_classes"],
-                          cfg["max_frame"], use_val=use_val)
+                          cfg["max_frame"], use_val=use_val,
+                          holdout=cfg["gzsl_holdout"] if cfg.get("gzsl") else 0.0, holdout_seed=cfg["val_seed"])
+    if cfg.get("gzsl") and data.seen_test is None:
+        raise ValueError(f"gzsl=True needs seen-class test samples: {cfg['dataset']} split {cfg['split']} has no "
+                         "seen_test_data.npy / seen_test_label.npy")
+    if cfg["train_mode"] == "one_shot":
+        pick_exemplars(data.unseen.y, data.unseen.classes, cfg["exemplar_seed"])  # every class needs 2+ samples
     text = torch.from_numpy(text_embeddings.load(cfg["data_root"], cfg["dataset"], cfg["text_kind"],
                                                  cfg["text_model"], num_classes=spec.num_classes,
                                                  dim=cfg["text_dim"]))
@@ -253,41 +321,51 @@ def place_data(data: ZeroShotData, device: torch.device, mode: str | bool) -> No
     """Training samples and labels, and the inputs of every evaluated subset, resident on the
     device where they fit (``place_subset``); evaluation labels stay on the CPU with the metrics."""
     data.train = place_subset(data.train, device, mode)
-    for name in ("val", "unseen", "seen_test"):
+    for name in ("val", "unseen", "seen_test", "val_seen"):
         sub = getattr(data, name)
         if sub is not None:
             setattr(data, name, Subset(place_subset(sub, device, mode).x, sub.y, sub.classes))
 
 
-def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
-    """Train on the seen classes, select on validation, score the unseen classes once.
 
-    Args:
-        cfg: the full run config (``config.py``'s keys).
-        tracker: receives per-epoch scalars and artifact files.
+@dataclass
+class Outcome:
+    """What training and selection produced; the model holds the selected weights afterwards."""
+    best_epoch: int
+    best_score: float
+    train_seconds: float
+    checkpoint: Path
 
-    Returns:
-        The result dict (accuracies in percent).
-    """
-    tracker = tracker or NullTracker()
-    generator = seed_everything(cfg["seed"])
-    data, text, model, device = prepare_run(cfg)
+
+def train_and_select(cfg: dict, data: ZeroShotData, text: torch.Tensor, model: SkeletonTextModel,
+                     device: torch.device, tracker: Tracker, generator: torch.Generator) -> Outcome:
+    """The epoch loop with per-epoch selection; resumable from ``last.pt`` (``cfg["resume"]``)."""
     text_dev = text.to(device)
     loss_fn = get_loss(cfg["loss_type"])
     loss_kwargs = {"alpha": cfg["loss_alpha"], "beta": cfg["loss_beta"], "margin": cfg["loss_margin"]}
     optimizer = make_optimizer(model, cfg["lr"], cfg["momentum"], cfg["weight_decay"])
     by_test = cfg["selection"] == "test"
     select_on = data.unseen if by_test else data.val
-    ckpt_path = checkpoint_dir(cfg) / "best.pt"
+    out = checkpoint_dir(cfg)
+    ckpt_path, state_path = out / "best.pt", out / STATE_FILE
     eval_bs = cfg["eval_batch_size"]
-    log.info("train %d samples (%d classes) | val %s | unseen %d samples (%d classes) | device %s",
-             len(data.train), len(data.train.classes),
-             f"{len(data.val)} samples ({len(data.val.classes)} classes)" if data.val else "none (test selection)",
-             len(data.unseen), len(data.unseen.classes), device)
 
     best = {"score": -1.0, "epoch": -1, "state": None}
-    t_start = time.time()
-    for epoch in range(cfg["epoch_num"]):
+    history: list[dict] = []
+    start_epoch, spent = 0, 0.0
+    if cfg.get("resume"):
+        state = load_state(cfg["resume"], cfg)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"], generator)
+        best, history, start_epoch, spent = state["best"], state["history"], state["next_epoch"], state["train_seconds"]
+        for epoch, metrics in enumerate(history):  # the new run record gets the whole curve
+            for k, v in metrics.items():
+                tracker.log_scalar(k, v, epoch)
+        log.info("resuming %s at epoch %d/%d", cfg["resume"], start_epoch + 1, cfg["epoch_num"])
+
+    t_start = time.time() - spent
+    for epoch in range(start_epoch, cfg["epoch_num"]):
         t0 = time.time()
         lr = lr_at(epoch, lr=cfg["lr"], schedule=cfg["lr_schedule"], warmup_epochs=cfg["warmup_epochs"],
                    epoch_num=cfg["epoch_num"], lr_steps=cfg["lr_steps"], lr_gamma=cfg["lr_gamma"])
@@ -304,22 +382,34 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
         if cfg["monitor_unseen"] and not by_test:
             mon = zero_shot_eval(embed(model, data.unseen.x, batch_size=eval_bs, device=device,
                                        precision=cfg["precision"]), data.unseen.y,
-                                 data.unseen.classes, text, align=False)
+                                 data.unseen.classes, text, align=cfg["DA"], support_factor=cfg["support_factor"],
+                                 min_support=cfg["min_support"], entropy_scale=cfg["entropy_scale"])
             metrics["unseen_top1_monitor"] = mon.top1
+            if mon.top1_aligned is not None:
+                metrics["unseen_top1_aligned_monitor"] = mon.top1_aligned
         if sel.top1 > best["score"]:
-            best.update(score=sel.top1, epoch=epoch, state=copy.deepcopy(model.state_dict()))
+            best = {"score": sel.top1, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
             save_checkpoint(ckpt_path, model, cfg, epoch, {"selection_top1": sel.top1})
         metrics["epoch_seconds"] = time.time() - t0
+        history.append(metrics)
+        save_state(state_path, model=model, optimizer=optimizer, generator=generator, cfg=cfg, next_epoch=epoch + 1,
+                   best=best, history=history, train_seconds=time.time() - t_start)
         for k, v in metrics.items():
             tracker.log_scalar(k, v, epoch)
         log.info("epoch %d/%d  loss %.4f  lr %.4g  %s %.2f%%%s  (%.1fs)", epoch + 1, cfg["epoch_num"], loss, lr,
                  "unseen(selection)" if by_test else "val", sel.top1,
                  f"  unseen(monitor) {metrics['unseen_top1_monitor']:.2f}%" if "unseen_top1_monitor" in metrics
                  and not by_test else "", metrics["epoch_seconds"])
-    train_seconds = time.time() - t_start
-
-    # Score the unseen classes once, with the selected checkpoint.
     model.load_state_dict(best["state"])
+    return Outcome(best["epoch"], best["score"], time.time() - t_start, ckpt_path)
+
+
+def final_report(cfg: dict, data: ZeroShotData, text: torch.Tensor, model: SkeletonTextModel, device: torch.device,
+                 tracker: Tracker, outcome: Outcome) -> dict:
+    """Score the unseen classes once with the selected model (plus GZSL / one-shot when asked); write the
+    artifacts. Shared by training runs and checkpoint evaluation."""
+    by_test = cfg["selection"] == "test"
+    eval_bs = cfg["eval_batch_size"]
     feats = embed(model, data.unseen.x, batch_size=eval_bs, device=device, desc="unseen",
                   precision=cfg["precision"])
     res = zero_shot_eval(feats, data.unseen.y, data.unseen.classes, text, align=cfg["DA"],
@@ -327,20 +417,105 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
                          entropy_scale=cfg["entropy_scale"])
     result = {
         "dataset": cfg["dataset"], "split": str(cfg["split"]), "train_mode": cfg["train_mode"], "seed": cfg["seed"],
-        "selection": cfg["selection"], "best_epoch": best["epoch"],
-        ("best_unseen_top1_selection" if by_test else "best_val_top1"): best["score"],
+        "tag": cfg.get("tag", ""), "selection": cfg["selection"], "best_epoch": outcome.best_epoch,
+        ("best_unseen_top1_selection" if by_test else "best_val_top1"): outcome.best_score,
         "unseen_top1": res.top1, "unseen_per_class_mean": res.per_class_mean,
         "unseen_per_class": {str(k): v for k, v in res.per_class.items()},
         "num_unseen_samples": len(data.unseen), "unseen_classes": list(data.unseen.classes),
         "val_classes": list(data.val.classes) if data.val else [],
-        "train_seconds": round(train_seconds, 1), "checkpoint": str(ckpt_path),
+        "train_seconds": round(outcome.train_seconds, 1), "checkpoint": str(outcome.checkpoint),
     }
     if cfg["DA"]:
         result.update({"unseen_top1_aligned": res.top1_aligned,
                        "unseen_per_class_mean_aligned": res.per_class_mean_aligned,
                        "alignment": "transductive (prototypes from the whole unseen test set)",
                        "support_factor": cfg["support_factor"]})
-    log.info("unseen top-1: inductive %.2f%%%s (per-class mean %.2f%%), selected epoch %d by %s",
-             res.top1, f", aligned {res.top1_aligned:.2f}%" if cfg["DA"] else "", res.per_class_mean,
-             best["epoch"] + 1, "unseen test accuracy" if by_test else "validation accuracy")
+    if cfg.get("gzsl"):
+        result.update(gzsl_report(cfg, data, text, model, device))
+    if cfg["train_mode"] == "one_shot":
+        exemplars = pick_exemplars(data.unseen.y, data.unseen.classes, cfg["exemplar_seed"])
+        result.update(one_shot_eval(feats, data.unseen.y, data.unseen.classes, text, exemplars,
+                                    cfg["one_shot_text_weight"]))
+        result["exemplars"] = {str(c): i for c, i in exemplars.items()}  # indices into unseen_data.npy
+    report = write_unseen_report(outcome.checkpoint.parent, data.unseen.y, data.unseen.classes,
+                                 class_names(cfg["dataset"], data.unseen.classes, cfg["data_root"]), res.pred, res.pred_aligned,
+                                 res.feats, text, res.prototypes)
+    for path in [outcome.checkpoint, *report]:
+        tracker.add_artifact(path)
+    log.info("unseen top-1: inductive %.2f%%%s (per-class mean %.2f%%), %s", res.top1,
+             f", aligned {res.top1_aligned:.2f}%" if cfg["DA"] else "", res.per_class_mean,
+             f"checkpoint of epoch {outcome.best_epoch + 1} selected by "
+             f"{'unseen test accuracy' if by_test else 'validation accuracy'}")
+    for key in ("H", "one_shot_top1_exemplar", "one_shot_top1_text", "one_shot_top1_combined"):
+        if key in result:
+            log.info("%s: %.2f%%", key, result[key])
+    return result
+
+
+def gzsl_report(cfg: dict, data: ZeroShotData, text: torch.Tensor, model: SkeletonTextModel,
+                device: torch.device) -> dict:
+    """Generalized zero-shot: gamma chosen on validation data (held-out training-class samples +
+    validation classes), then applied once to seen-test (training classes) + unseen samples."""
+    eval_bs = cfg["eval_batch_size"]
+    train_cls, val_cls, unseen_cls = data.train.classes, data.val.classes, data.unseen.classes
+    vx = torch.cat([data.val_seen.x, data.val.x])
+    vy = torch.cat([data.val_seen.y, data.val.y])
+    v_classes = sorted(train_cls + val_cls)
+    v_scores = class_scores(embed(model, vx, batch_size=eval_bs, device=device, desc="gzsl val",
+                                  precision=cfg["precision"]), text, v_classes)
+    gamma, val_h = choose_gamma(v_scores, vy, v_classes, train_cls, val_cls)
+    # the test side: seen-test samples of the training classes (validation classes were never trained on)
+    keep = torch.isin(data.seen_test.y, torch.tensor(train_cls))
+    tx = torch.cat([data.seen_test.x[keep], data.unseen.x])
+    ty = torch.cat([data.seen_test.y[keep], data.unseen.y])
+    t_classes = sorted(train_cls + unseen_cls)
+    t_scores = class_scores(embed(model, tx, batch_size=eval_bs, device=device, desc="gzsl test",
+                                  precision=cfg["precision"]), text, t_classes)
+    res = evaluate_gzsl(t_scores, ty, t_classes, train_cls, unseen_cls, gamma)
+    return {"gzsl_gamma": gamma, "gzsl_val_H": val_h, "gzsl_calibration": "gamma chosen on validation data only",
+            **{f"gzsl_{k}": v for k, v in res.items() if k != "gamma"}, "H": res["H"]}
+
+
+def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
+    """Train on the seen classes, select on validation, score the unseen classes once
+    (the main, sota and one_shot tracks).
+
+    Args:
+        cfg: the full run config (``config.py``'s keys).
+        tracker: receives per-epoch scalars and artifact files.
+
+    Returns:
+        The result dict (accuracies in percent).
+    """
+    tracker = tracker or NullTracker()
+    generator = seed_everything(cfg["seed"])
+    data, text, model, device = prepare_run(cfg)
+    log.info("train %d samples (%d classes) | val %s | unseen %d samples (%d classes) | device %s",
+             len(data.train), len(data.train.classes),
+             f"{len(data.val)} samples ({len(data.val.classes)} classes)" if data.val else "none (test selection)",
+             len(data.unseen), len(data.unseen.classes), device)
+    outcome = train_and_select(cfg, data, text, model, device, tracker, generator)
+    return final_report(cfg, data, text, model, device, tracker, outcome)
+
+
+def run_test(cfg: dict, tracker: Tracker | None = None) -> dict:
+    """Evaluate a stored checkpoint (``cfg["checkpoint"]``) on the configured dataset and split, with
+    the same numbers and artifacts as after training; recorded as its own run."""
+    tracker = tracker or NullTracker()
+    seed_everything(cfg["seed"])
+    path = resolve_checkpoint(cfg["checkpoint"], cfg.get("mongo_url", ""))
+    ckpt = load_checkpoint(path)
+    trained = ckpt["config"]
+    # the result reports the rule that selected this checkpoint, not this run's default
+    cfg = {**cfg, "selection": trained.get("selection", cfg["selection"])}
+    data, text, model, device = prepare_run(cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the configured model ({exc})") from None
+    outcome = Outcome(int(ckpt.get("epoch", -1)), float(ckpt.get("metrics", {}).get("selection_top1", float("nan"))),
+                      0.0, path)
+    result = final_report(cfg, data, text, model, device, tracker, outcome)
+    result.update({"evaluated_checkpoint": str(path), "trained_on": {k: trained.get(k) for k in
+                   ("dataset", "split", "train_mode", "seed", "selection", "tag")}})
     return result

@@ -56,7 +56,26 @@ NTU25 = _from_one_based(
     center_1based=21,
 )
 
-LAYOUTS: dict[str, Layout] = {NTU25.name: NTU25}
+# Kinect v1 (UTD-MHAD, NW-UCLA): 20 joints in the Kinect SDK's NUI_SKELETON_POSITION order,
+# which NW-UCLA uses as is. UTD-MHAD lists its first four joints top-down (head first);
+# its reader permutes them into this order (data/kinect_v1.py).
+KINECT20 = _from_one_based(
+    "kinect20",
+    [
+        "hip_center", "spine", "shoulder_center", "head",
+        "shoulder_left", "elbow_left", "wrist_left", "hand_left",
+        "shoulder_right", "elbow_right", "wrist_right", "hand_right",
+        "hip_left", "knee_left", "ankle_left", "foot_left",
+        "hip_right", "knee_right", "ankle_right", "foot_right",
+    ],
+    [
+        (1, 2), (2, 3), (3, 4), (3, 5), (5, 6), (6, 7), (7, 8), (3, 9), (9, 10), (10, 11), (11, 12),
+        (1, 13), (13, 14), (14, 15), (15, 16), (1, 17), (17, 18), (18, 19), (19, 20),
+    ],
+    center_1based=3,  # shoulder_center, the counterpart of NTU's spine_shoulder centre
+)
+
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (NTU25, KINECT20)}
 
 
 def get_layout(name: str) -> Layout:

@@ -74,7 +74,6 @@ def test_test_set_selection_is_labelled(demo_root, tmp_path):
 @pytest.mark.parametrize("updates,error,match", [
     ({"backbone": "resnet"}, KeyError, "unknown backbone 'resnet'"),
     ({"loss_type": "focal"}, KeyError, "unknown loss_type 'focal'"),
-    ({"train_mode": "one_shot"}, NotImplementedError, "not available yet"),
     ({"text_dim": 100}, Exception, "does not match the projection head"),
     ({"data_root": "/nonexistent/data", "dataset": "ntu60"}, FileNotFoundError, "python main.py prepare with dataset=ntu60"),
 ])

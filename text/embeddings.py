@@ -54,7 +54,7 @@ def encode(texts: list[str], model: str, batch_size: int = 32) -> np.ndarray:
 
 def build(data_root: str | Path, dataset: str, kind: str, model: str, num_classes: int | None = None) -> Path:
     """Encode the class texts and write the cache file and its sidecar."""
-    texts = load_class_texts(dataset, kind, num_classes)
+    texts = load_class_texts(dataset, kind, num_classes, data_root=data_root)
     emb = encode(texts, model)
     path = embedding_path(data_root, dataset, kind, model)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def load(data_root: str | Path, dataset: str, kind: str, model: str, *, num_clas
     if not side.is_file():
         raise EmbeddingError(f"{path}: no sidecar {side.name}, cannot tell which texts it encodes; rebuild with: {fix}")
     meta = json.loads(side.read_text())
-    texts = load_class_texts(dataset, kind, num_classes)
+    texts = load_class_texts(dataset, kind, num_classes, data_root=data_root)
     if meta.get("model") != model or meta.get("text_sha256") != texts_hash(texts):
         raise EmbeddingError(f"{path} is stale: it was built from {meta.get('model')!r} with other texts than "
                              f"descriptions/{dataset}.json now holds; rebuild with: {fix}")
