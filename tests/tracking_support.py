@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -51,8 +52,12 @@ def cli_args(data_root: Path, out_dir: Path, **updates) -> list[str]:
 
 
 def start_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """The CLI as a user starts it from a terminal: SIGINT at its default even when the test
+    session runs in the background (a non-interactive shell's ``&`` ignores SIGINT in its jobs,
+    and Python keeps an inherited "ignore", so Ctrl-C would never arrive)."""
     out = open(log, "wb")
-    return subprocess.Popen(args, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(args, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def database(url: str, name: str = "pgfa") -> pymongo.database.Database:
