@@ -25,6 +25,9 @@ Rows: ``formulation`` ``reference`` (the straightforward one; Shift-GCN with the
 reference shift op) or ``fast``; ``malloc`` ``keep`` (``experiments/runtime.py``'s glibc
 settings, what ``main.py`` applies) or ``system`` (glibc's defaults); ``bf16``:
 ``torch.autocast`` to bfloat16 (changes the arithmetic; shown for information only).
+``x ref`` is a row's speed over the reference row (same allocator); ``x before`` over the
+reference formulation with glibc's default allocator, i.e. the state before the fast
+paths and the allocator setting (ST-GCN batch 128 and Shift-GCN batch 32 of the full table).
 Samples are NTU-shaped random tensors (3 x T x 25 joints x 2 persons; T = 50 for
 ST-GCN, 64 for Shift-GCN as in Setting 2) with the paper's widths, the 768-d head,
 the KL loss and SGD with momentum; times are medians over the rounds.
@@ -333,7 +336,8 @@ def groups(args) -> list[tuple[str, list[Spec]]]:
             if backbone == "shiftgcn" and batch == 128 and not args.big:
                 continue  # about 19 GiB for the reference formulation's worker at 64 frames x 2 persons
             rows = [s("train", backbone, "reference", batch), s("train", backbone, "fast", batch)]
-            if batch == 128 and backbone == "stgcn" and not args.quick and dev == "cpu":
+            # "before this issue": the straightforward formulation under glibc's default allocator
+            if (backbone, batch) in (("stgcn", 128), ("shiftgcn", 32)) and not args.quick and dev == "cpu":
                 rows = [s("train", backbone, "reference", batch, "system"), rows[0],
                         s("train", backbone, "fast", batch, "system"), rows[1]]
             if args.bf16 and batch == 32:
@@ -356,13 +360,14 @@ def table(title: str, rows: list[Row]) -> list[str]:
     if ceil:
         lines.append(f"  {'conv ceiling (best layout)':44s} {ceil_gfs:8.1f} GFLOP/s   ({ceil.median * 1e3:.0f} ms per step)")
     ref = {}  # the reference row: the speed baseline, and its FLOP count is every row's model count
+    before = {}  # the reference formulation with glibc's default allocator, where the group has it
     for r in rows:
-        if r.spec.kind in ("train", "eval") and r.spec.formulation == "reference" and r.spec.malloc == "keep":
-            ref[r.spec.backbone] = r
+        if r.spec.kind in ("train", "eval") and r.spec.formulation == "reference":
+            (ref if r.spec.malloc == "keep" else before)[r.spec.backbone] = r
     for r in rows:
         if r.spec.backbone in ref:
             r.info["model_flops"] = ref[r.spec.backbone].info["exec_flops"]
-    lines.append(f"  {'configuration':44s} {'samples/s':>9s} {'x ref':>6s} {'GFLOP/s':>8s} {'% ceil':>7s} "
+    lines.append(f"  {'configuration':44s} {'samples/s':>9s} {'x ref':>6s} {'x before':>8s} {'GFLOP/s':>8s} {'% ceil':>7s} "
                  f"{'model GF':>8s} {'exec GF':>8s} {'peak RSS':>9s}")
     for r in rows:
         if r.spec.kind == "ceiling":
@@ -376,8 +381,10 @@ def table(title: str, rows: list[Row]) -> list[str]:
         gfs = r.info["model_flops"] * sps / 1e9
         base = ref.get(r.spec.backbone)
         ratio = sps / base.samples_per_s if base else float("nan")
+        old = before.get(r.spec.backbone)
+        vs_before = f"{sps / old.samples_per_s:8.2f}" if old else f"{'-':>8s}"
         pct = f"{100 * gfs / ceil_gfs:6.1f}%" if ceil_gfs else "   n/a"
-        lines.append(f"  {r.spec.name():44s} {sps:9.2f} {ratio:6.2f} {gfs:8.1f} {pct:>7s} "
+        lines.append(f"  {r.spec.name():44s} {sps:9.2f} {ratio:6.2f} {vs_before} {gfs:8.1f} {pct:>7s} "
                      f"{r.info['model_flops'] / 1e9:8.3f} {r.info['exec_flops'] / 1e9:8.3f} "
                      f"{r.peak_rss_mib / 1024:7.2f} GiB")
     return lines

@@ -57,6 +57,18 @@ def _dense(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+def _subsample(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    """``x[:, :, ::sh, ::sw]`` as a dense tensor in ``x``'s own layout (a strided slice of a
+    channels-last tensor is neither layout, and a convolution of it returns contiguous
+    format, which sends the next BatchNorm's backward to a ~20x slower mixed-layout path)."""
+    sh, sw = stride
+    if (sh, sw) == (1, 1):
+        return x
+    fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format
+    return x[:, :, ::sh, ::sw].contiguous(memory_format=fmt)
+
+
 def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     """Bool tensor shaped and laid out like ``x`` (dense): True with probability ``1 - p``.
 
@@ -132,10 +144,7 @@ class SubsampledPointwiseConv(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size=1, stride=stride, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sh, sw = self.stride
-        if (sh, sw) != (1, 1):
-            x = x[:, :, ::sh, ::sw]
-        return F.conv2d(x, self.weight, self.bias)
+        return F.conv2d(_subsample(x, self.stride), self.weight, self.bias)
 
 
 def _bn_factor(bn: nn.modules.batchnorm._BatchNorm) -> float:
@@ -195,10 +204,7 @@ def bn_relu_conv(y: torch.Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> torch.
 class _PointwiseConvBN(torch.autograd.Function):
     @staticmethod
     def _conv(x, conv_w, conv_b, stride):
-        sh, sw = stride
-        if (sh, sw) != (1, 1):
-            x = x[:, :, ::sh, ::sw]
-        return F.conv2d(x, conv_w, conv_b)
+        return F.conv2d(_subsample(x, stride), conv_w, conv_b)
 
     @staticmethod
     def forward(ctx, x, conv_w, conv_b, bn_w, bn_b, running_mean, running_var, factor, eps, stride):
@@ -213,8 +219,7 @@ class _PointwiseConvBN(torch.autograd.Function):
         x, conv_w, conv_b, bn_w, running_mean, running_var, mean, invstd = ctx.saved_tensors
         need = ctx.needs_input_grad
         sh, sw = ctx.stride
-        xs = x[:, :, ::sh, ::sw] if (sh, sw) != (1, 1) else x
-        xs = _dense(xs)
+        xs = _dense(_subsample(x, (sh, sw)))
         c = F.conv2d(xs, conv_w, conv_b)  # the forward's convolution, again
         gc, gbw, gbb = torch.ops.aten.native_batch_norm_backward(
             g, c, bn_w, running_mean, running_var, mean, invstd, True, ctx.eps, [True, need[3], need[4]])
