@@ -159,6 +159,9 @@ def config():
     num_person = _d.get("num_person", _spec.num_person)  # M the model is built for (Shift-GCN's input BatchNorm)
     shift_impl = "auto"  # Shift-GCN temporal shift: auto (CUDA kernel on a GPU, else reference) | cuda | ref
     shift_pos_grad = "constrained"  # constrained (the original's sign steps) | exact (the true derivative)
+    formulation = "fast"  # fast | reference: the same backbone math, straightforwardly formulated (same parameters)
+    precision = "fp32"  # fp32 | bf16 (forward under bfloat16 autocast, on CPU or CUDA; float32 weights and loss)
+    data_on_device = "auto"  # auto (keep the arrays on the GPU when they fit) | True | False
 
     text_kind = _d.get("text_kind", "des")  # labels | des | parts
     text_model = _d.get("text_model", "mpnet")  # mpnet (768-d, the paper's) | minilm (384-d) | a local model path

@@ -12,6 +12,7 @@ per-class numbers).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -106,6 +107,39 @@ def batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generato
         yield order[s:s + batch_size]
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str):
+    """``precision="bf16"``: the forward pass under ``torch.autocast`` to bfloat16 (CPU or CUDA;
+    weights, gradients and the optimiser stay float32). ``"fp32"``: no autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def place_subset(subset: Subset, device: torch.device, mode: str | bool = "auto") -> Subset:
+    """The subset with its tensors resident on ``device`` (no per-batch host-to-device copies).
+
+    ``mode``: True moves it, False keeps it in host memory (batches are copied per step),
+    ``"auto"`` moves it when it takes at most half of the device's free memory (always on
+    the CPU, where it already is)."""
+    if device.type == "cpu" or mode is False or subset.x.device == device:
+        return subset
+    if mode == "auto":
+        free, _ = torch.cuda.mem_get_info(device) if device.type == "cuda" else (0, 0)
+        size = subset.x.numel() * subset.x.element_size() + subset.y.numel() * subset.y.element_size()
+        if size > free // 2:
+            log.info("data stays in host memory: %.1f GiB > half of the %.1f GiB free on %s",
+                     size / 2 ** 30, free / 2 ** 30, device)
+            return subset
+    elif mode is not True:
+        raise ValueError(f"data_on_device must be True, False or 'auto', got {mode!r}")
+    return Subset(subset.x.to(device), subset.y.to(device), subset.classes)
+
+
 def progress(iterable, total: int, desc: str):
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
                 mininterval=1.0, disable=None)
@@ -113,17 +147,22 @@ def progress(iterable, total: int, desc: str):
 
 def train_epoch(model: SkeletonTextModel, data: Subset, text: torch.Tensor, optimizer, loss_fn, *,
                 batch_size: int, generator: torch.Generator, device: torch.device, loss_kwargs: dict,
-                desc: str = "train") -> float:
-    """One pass over the training samples; returns the sample-weighted mean loss."""
+                desc: str = "train", precision: str = "fp32") -> float:
+    """One pass over the training samples; returns the sample-weighted mean loss.
+
+    ``precision="bf16"`` runs the forward pass under bfloat16 autocast; the loss is computed
+    in float32."""
     model.train()
     total, seen = 0.0, 0
     n_batches = len(data) // batch_size if len(data) >= batch_size else 1
     for idx in progress(batches(len(data), batch_size, shuffle=True, generator=generator, drop_last=True),
                         n_batches, desc):
+        idx = idx.to(data.x.device)  # resident data (place_subset) is indexed where it lives
         x = data.x[idx].to(device, non_blocking=True)
         y = data.y[idx].to(device, non_blocking=True)
-        emb = model(x)
-        loss = loss_fn(emb, text[y], y, model.scale(), **loss_kwargs)
+        with autocast(device, precision):
+            emb = model(x)
+        loss = loss_fn(emb.float(), text[y], y, model.scale(), **loss_kwargs)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} ({desc}); lower lr or check the data")
         optimizer.zero_grad(set_to_none=True)
@@ -136,11 +175,12 @@ def train_epoch(model: SkeletonTextModel, data: Subset, text: torch.Tensor, opti
 
 @torch.no_grad()
 def embed(model: SkeletonTextModel, x: torch.Tensor, *, batch_size: int, device: torch.device,
-          desc: str = "embed") -> torch.Tensor:
-    """(N, text_dim) embeddings of a whole subset, in order."""
+          desc: str = "embed", precision: str = "fp32") -> torch.Tensor:
+    """(N, text_dim) embeddings of a whole subset, in order (float32, on the CPU)."""
     model.eval()
-    out = [model(x[idx].to(device)).float().cpu()
-           for idx in progress(batches(len(x), batch_size, shuffle=False), math.ceil(len(x) / batch_size), desc)]
+    with autocast(device, precision):
+        out = [model(x[idx.to(x.device)].to(device)).float().cpu()
+               for idx in progress(batches(len(x), batch_size, shuffle=False), math.ceil(len(x) / batch_size), desc)]
     return torch.cat(out)
 
 
@@ -271,8 +311,21 @@ def prepare_run(cfg: dict) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMode
                                                  cfg["text_model"], num_classes=spec.num_classes,
                                                  dim=cfg["text_dim"]))
     device = resolve_device(cfg["device"])
+    autocast(device, cfg["precision"])  # validates the key before any work
+    place_data(data, device, cfg["data_on_device"])
     model = build_model(cfg).to(device)
     return data, text, model, device
+
+
+def place_data(data: ZeroShotData, device: torch.device, mode: str | bool) -> None:
+    """Training samples and labels, and the inputs of every evaluated subset, resident on the
+    device where they fit (``place_subset``); evaluation labels stay on the CPU with the metrics."""
+    data.train = place_subset(data.train, device, mode)
+    for name in ("val", "unseen", "seen_test", "val_seen"):
+        sub = getattr(data, name)
+        if sub is not None:
+            setattr(data, name, Subset(place_subset(sub, device, mode).x, sub.y, sub.classes))
+
 
 
 @dataclass
@@ -320,13 +373,15 @@ def train_and_select(cfg: dict, data: ZeroShotData, text: torch.Tensor, model: S
             g["lr"] = lr
         loss = train_epoch(model, data.train, text_dev, optimizer, loss_fn, batch_size=cfg["batch_size"],
                            generator=generator, device=device, loss_kwargs=loss_kwargs,
-                           desc=f"epoch {epoch + 1}/{cfg['epoch_num']}")
-        sel = zero_shot_eval(embed(model, select_on.x, batch_size=eval_bs, device=device), select_on.y,
+                           desc=f"epoch {epoch + 1}/{cfg['epoch_num']}", precision=cfg["precision"])
+        sel = zero_shot_eval(embed(model, select_on.x, batch_size=eval_bs, device=device,
+                                   precision=cfg["precision"]), select_on.y,
                              select_on.classes, text, align=False)
         metrics = {"train_loss": loss, "lr": lr, "temperature": 1.0 / model.scale().item()}
         metrics["unseen_top1_monitor" if by_test else "val_top1"] = sel.top1
         if cfg["monitor_unseen"] and not by_test:
-            mon = zero_shot_eval(embed(model, data.unseen.x, batch_size=eval_bs, device=device), data.unseen.y,
+            mon = zero_shot_eval(embed(model, data.unseen.x, batch_size=eval_bs, device=device,
+                                       precision=cfg["precision"]), data.unseen.y,
                                  data.unseen.classes, text, align=cfg["DA"], support_factor=cfg["support_factor"],
                                  min_support=cfg["min_support"], entropy_scale=cfg["entropy_scale"])
             metrics["unseen_top1_monitor"] = mon.top1
@@ -355,7 +410,8 @@ def final_report(cfg: dict, data: ZeroShotData, text: torch.Tensor, model: Skele
     artifacts. Shared by training runs and checkpoint evaluation."""
     by_test = cfg["selection"] == "test"
     eval_bs = cfg["eval_batch_size"]
-    feats = embed(model, data.unseen.x, batch_size=eval_bs, device=device, desc="unseen")
+    feats = embed(model, data.unseen.x, batch_size=eval_bs, device=device, desc="unseen",
+                  precision=cfg["precision"])
     res = zero_shot_eval(feats, data.unseen.y, data.unseen.classes, text, align=cfg["DA"],
                          support_factor=cfg["support_factor"], min_support=cfg["min_support"],
                          entropy_scale=cfg["entropy_scale"])
@@ -405,14 +461,16 @@ def gzsl_report(cfg: dict, data: ZeroShotData, text: torch.Tensor, model: Skelet
     vx = torch.cat([data.val_seen.x, data.val.x])
     vy = torch.cat([data.val_seen.y, data.val.y])
     v_classes = sorted(train_cls + val_cls)
-    v_scores = class_scores(embed(model, vx, batch_size=eval_bs, device=device, desc="gzsl val"), text, v_classes)
+    v_scores = class_scores(embed(model, vx, batch_size=eval_bs, device=device, desc="gzsl val",
+                                  precision=cfg["precision"]), text, v_classes)
     gamma, val_h = choose_gamma(v_scores, vy, v_classes, train_cls, val_cls)
     # the test side: seen-test samples of the training classes (validation classes were never trained on)
     keep = torch.isin(data.seen_test.y, torch.tensor(train_cls))
     tx = torch.cat([data.seen_test.x[keep], data.unseen.x])
     ty = torch.cat([data.seen_test.y[keep], data.unseen.y])
     t_classes = sorted(train_cls + unseen_cls)
-    t_scores = class_scores(embed(model, tx, batch_size=eval_bs, device=device, desc="gzsl test"), text, t_classes)
+    t_scores = class_scores(embed(model, tx, batch_size=eval_bs, device=device, desc="gzsl test",
+                                  precision=cfg["precision"]), text, t_classes)
     res = evaluate_gzsl(t_scores, ty, t_classes, train_cls, unseen_cls, gamma)
     return {"gzsl_gamma": gamma, "gzsl_val_H": val_h, "gzsl_calibration": "gamma chosen on validation data only",
             **{f"gzsl_{k}": v for k, v in res.items() if k != "gamma"}, "H": res["H"]}

@@ -16,6 +16,15 @@ Input BatchNorm over person x joint x channel features (as the original, so the
 person count ``num_person`` is fixed at construction), global average pooling over
 time and joints, then the mean over persons: ``(N, C, T, V, M) -> (N, D)``.
 
+Two formulations with the same parameters (checkpoints load into either), chosen by
+``formulation``: ``"reference"`` is the straightforward one above; ``"fast"`` (default)
+keeps activations channels-last throughout (every reshape between (N·T, V·C) rows and
+(N, C, T, V) maps is then a view, and convolutions, BatchNorm and the temporal shift's
+depthwise-convolution backend see one layout), runs the per-joint linear map as a 1x1
+convolution (oneDNN; MKL's GEMM runs at about 40% of it on this AMD CPU) and the
+joint x channel BatchNorm as ``JointChannelBatchNorm``. Equal up to float rounding
+(``tests/test_fast_backbones.py``).
+
 Differences from the original code: index tables are buffers (not Parameters), nothing
 is created on a fixed device, the joint count follows the graph layout instead of a
 hard-coded 25, and where T is odd at a strided unit (the original crashes: the shift
@@ -27,8 +36,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from module.fastops import JointChannelBatchNorm, SubsampledPointwiseConv, channels_last, check_formulation
 from module.graph import get_layout
 from module.registry import register_backbone
 from module.shift import TemporalShift
@@ -50,9 +61,10 @@ def shift_indices(num_joints: int, channels: int, direction: int) -> torch.Tenso
 class ShiftGraphConv(nn.Module):
     """Non-local spatial shift graph convolution: (N, C_in, T, V) -> (N, C_out, T, V)."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_joints: int):
+    def __init__(self, in_channels: int, out_channels: int, num_joints: int, fast: bool = False):
         super().__init__()
         self.out_channels = out_channels
+        self.fast = fast
         if in_channels != out_channels:
             self.down = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels))
             _conv_init(self.down[0])
@@ -61,13 +73,16 @@ class ShiftGraphConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(in_channels, out_channels).normal_(0.0, math.sqrt(1.0 / out_channels)))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.feature_mask = nn.Parameter(torch.zeros(num_joints, in_channels))  # tanh(0) + 1 = 1 at start
-        self.bn = nn.BatchNorm1d(num_joints * out_channels)
+        # the same module either way (JointChannelBatchNorm is a BatchNorm1d), only run differently
+        self.bn = (JointChannelBatchNorm if fast else nn.BatchNorm1d)(num_joints * out_channels)
         self.relu = nn.ReLU(inplace=True)
         # Fixed permutations; derived from the shape, so not saved in checkpoints.
         self.register_buffer("shift_in", shift_indices(num_joints, in_channels, +1), persistent=False)
         self.register_buffer("shift_out", shift_indices(num_joints, out_channels, -1), persistent=False)
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return self._fast(x0)
         n, c, t, v = x0.shape
         x = x0.permute(0, 2, 3, 1).reshape(n * t, v * c)              # (N·T, V·C_in)
         x = x.index_select(1, self.shift_in).view(n * t, v, c)         # shift in
@@ -76,6 +91,20 @@ class ShiftGraphConv(nn.Module):
         x = x.view(n * t, v * self.out_channels).index_select(1, self.shift_out)  # shift out
         x = self.bn(x)                                                 # BatchNorm over joint x channel
         x = x.view(n, t, v, self.out_channels).permute(0, 3, 1, 2)    # (N, C_out, T, V)
+        return self.relu(x + self.down(x0))
+
+    def _fast(self, x0: torch.Tensor) -> torch.Tensor:
+        """The same map on channels-last activations: every (N·T, V·C) row view is free."""
+        n, c, t, v = x0.shape
+        co = self.out_channels
+        x = channels_last(x0).permute(0, 2, 3, 1).reshape(n * t, v * c)  # (N·T, V·C_in), a view
+        x = x.index_select(1, self.shift_in).view(n * t, v, c)           # shift in
+        x = x * (torch.tanh(self.feature_mask) + 1)                      # (N·T, V, C_in)
+        x = x.view(n, t, v, c).permute(0, 3, 1, 2)                       # (N, C_in, T, V), channels-last
+        x = F.conv2d(x, self.weight.t()[:, :, None, None], self.bias)    # linear over channels (oneDNN)
+        x = x.permute(0, 2, 3, 1).reshape(n * t, v * co).index_select(1, self.shift_out)  # shift out
+        x = self.bn(x)                                                   # BatchNorm over joint x channel
+        x = x.view(n, t, v, co).permute(0, 3, 1, 2)                      # (N, C_out, T, V), channels-last
         return self.relu(x + self.down(x0))
 
 
@@ -100,17 +129,18 @@ class ShiftTemporalBlock(nn.Module):
 
 class ShiftGCNUnit(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_joints: int, stride: int = 1, residual: bool = True,
-                 impl: str = "auto", pos_grad: str = "constrained"):
+                 impl: str = "auto", pos_grad: str = "constrained", fast: bool = False):
         super().__init__()
-        self.gcn = ShiftGraphConv(in_channels, out_channels, num_joints)
+        self.gcn = ShiftGraphConv(in_channels, out_channels, num_joints, fast)
         self.tcn = ShiftTemporalBlock(out_channels, stride, impl, pos_grad)
         if not residual:
             self.residual = None
         elif in_channels == out_channels and stride == 1:
             self.residual = nn.Identity()
         else:  # the original's 1x1 "tcn": a strided 1x1 convolution and BatchNorm
-            self.residual = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=(stride, 1)),
-                                          nn.BatchNorm2d(out_channels))
+            conv = (SubsampledPointwiseConv(in_channels, out_channels, stride=(stride, 1)) if fast else
+                    nn.Conv2d(in_channels, out_channels, 1, stride=(stride, 1)))  # same parameters (fastops: why)
+            self.residual = nn.Sequential(conv, nn.BatchNorm2d(out_channels))
             _conv_init(self.residual[0])
         self.relu = nn.ReLU(inplace=True)
 
@@ -131,13 +161,16 @@ class ShiftGCN(nn.Module):
         out_channels: embedding size (256).
         num_person: M the input BatchNorm is built for (2 for NTU/PKU arrays).
         num_joints: V (25 for NTU).
-        shift_impl: temporal shift implementation, "auto" | "cuda" | "ref".
+        shift_impl: temporal shift implementation, "auto" | "cuda" | "dwconv" | "ref".
         shift_pos_grad: "constrained" (the original's sign steps) | "exact".
+        formulation: "fast" | "reference" (module docstring); same parameters either way.
     """
 
     def __init__(self, in_channels: int = 3, hidden_channels: int = 64, out_channels: int = 256, num_person: int = 2,
-                 num_joints: int = 25, shift_impl: str = "auto", shift_pos_grad: str = "constrained"):
+                 num_joints: int = 25, shift_impl: str = "auto", shift_pos_grad: str = "constrained",
+                 formulation: str = "fast"):
         super().__init__()
+        self.formulation = check_formulation(formulation)
         self.num_person, self.num_joints, self.in_channels = num_person, num_joints, in_channels
         self.out_dim = out_channels
         h = hidden_channels
@@ -147,7 +180,8 @@ class ShiftGCN(nn.Module):
         ]
         self.data_bn = nn.BatchNorm1d(num_person * in_channels * num_joints)
         self.units = nn.ModuleList(
-            ShiftGCNUnit(ci, co, num_joints, stride=s, residual=i != 0, impl=shift_impl, pos_grad=shift_pos_grad)
+            ShiftGCNUnit(ci, co, num_joints, stride=s, residual=i != 0, impl=shift_impl, pos_grad=shift_pos_grad,
+                         fast=formulation == "fast")
             for i, (ci, co, s) in enumerate(plan)
         )
 
@@ -161,16 +195,22 @@ class ShiftGCN(nn.Module):
         x = x.permute(0, 4, 3, 1, 2).reshape(n, m * v * c, t)  # (N, M·V·C, T)
         x = self.data_bn(x)
         x = x.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)  # (N·M, C, T, V)
+        fast = self.formulation == "fast"
+        if fast:
+            x = channels_last(x)
         for unit in self.units:
             x = unit(x)
-        x = x.mean(dim=(2, 3))  # (N·M, D): global average pool over T and V
+        if fast:  # pool through the channels-last view: the gradient comes back channels-last too
+            x = x.permute(0, 2, 3, 1).reshape(n * m, -1, x.shape[1]).mean(dim=1)  # (N·M, D)
+        else:
+            x = x.mean(dim=(2, 3))  # (N·M, D): global average pool over T and V
         return x.view(n, m, -1).mean(dim=1)  # (N, D): mean over persons
 
 
 @register_backbone("shiftgcn")
 def build_shiftgcn(in_channels: int = 3, hidden_channels: int = 64, out_channels: int = 256, num_person: int = 2,
                    graph_layout: str = "ntu25", shift_impl: str = "auto",
-                   shift_pos_grad: str = "constrained") -> ShiftGCN:
+                   shift_pos_grad: str = "constrained", formulation: str = "fast") -> ShiftGCN:
     """Shift-GCN from config entries (parameter names are config keys); the layout sets the joint count."""
     return ShiftGCN(in_channels, hidden_channels, out_channels, num_person, get_layout(graph_layout).num_joints,
-                    shift_impl, shift_pos_grad)
+                    shift_impl, shift_pos_grad, formulation)

@@ -3,12 +3,15 @@
 ``temporal_shift(x, xpos, ypos, stride, impl=..., pos_grad=...)``
 
 * ``impl="ref"``: the pure-PyTorch reference (``module/shift/reference.py``), any device.
+* ``impl="dwconv"``: the same op as one depthwise convolution (``module/shift/dwconv.py``),
+  any device; 3-5x faster than the reference on a CPU and keeps channels-last inputs
+  channels-last.
 * ``impl="cuda"``: the CUDA extension (``module/shift/csrc``), built just in time on first
   use. CPU tensors or a failed build raise an error naming the cause (with the
   compiler's output); there is no fallback.
-* ``impl="auto"``: CUDA tensors use the extension, everything else the reference. If
+* ``impl="auto"``: CUDA tensors use the extension, everything else ``dwconv``. If
   the extension cannot be built, ``auto`` warns once (with the compiler's message) and
-  uses the reference; ask for ``impl="cuda"`` to make that an error.
+  uses ``dwconv``; ask for ``impl="cuda"`` to make that an error.
 
 Position gradients (``pos_grad``):
 
@@ -32,9 +35,9 @@ from typing import Protocol
 import torch
 from torch.autograd.function import once_differentiable
 
-from module.shift import reference
+from module.shift import dwconv, reference
 
-IMPLS = ("auto", "cuda", "ref")
+IMPLS = ("auto", "cuda", "dwconv", "ref")
 POS_GRADS = ("constrained", "exact")
 
 
@@ -54,10 +57,13 @@ class CudaBackend:
         self.ext = ext
 
     def forward(self, x: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, stride: int) -> torch.Tensor:
-        return self.ext.forward(x, X, Y, stride)
+        return self.ext.forward(x.contiguous(), X, Y, stride)
 
     def backward(self, x: torch.Tensor | None, g: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, stride: int,
                  height: int, need_input: bool = True) -> tuple[torch.Tensor | None, ...]:
+        # the kernels index NCHW-contiguous memory
+        x = x.contiguous() if x is not None else None
+        g = g.contiguous()
         grad_x = self.ext.input_grad(g, X, Y, stride, height) if need_input else None
         sum_x, sum_y = self.ext.position_sums(x, g, X, Y, stride) if x is not None else (None, None)
         return grad_x, sum_x, sum_y
@@ -94,7 +100,7 @@ class _TemporalShift(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, stride: int, pos_grad: str,
                 backend: ShiftBackend) -> torch.Tensor:
-        x = x.contiguous()
+        # any memory layout: each backend takes what it needs (channels-last stays so with dwconv)
         ctx.save_for_backward(x, X, Y)
         ctx.stride, ctx.pos_grad, ctx.backend = stride, pos_grad, backend
         return backend.forward(x, X, Y, stride)
@@ -103,7 +109,6 @@ class _TemporalShift(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g: torch.Tensor):
         x, X, Y = ctx.saved_tensors
-        g = g.contiguous()
         need_x, need_X, need_Y = ctx.needs_input_grad[:3]
         need_pos = need_X or need_Y
         grad_x, sum_x, sum_y = ctx.backend.backward(x if need_pos else None, g, X, Y, ctx.stride, x.shape[2],
@@ -134,6 +139,8 @@ def resolve_backend(x: torch.Tensor, impl: str) -> ShiftBackend:
     global _warned_auto
     if impl == "ref":
         return reference
+    if impl == "dwconv":
+        return dwconv
     if impl == "cuda":
         if not x.is_cuda:
             raise ValueError(f"temporal shift impl='cuda' needs a CUDA tensor, got one on {x.device}; "
@@ -141,7 +148,7 @@ def resolve_backend(x: torch.Tensor, impl: str) -> ShiftBackend:
         return _cuda_backend()
     if impl == "auto":
         if not x.is_cuda:
-            return reference
+            return dwconv
         from module.shift.build import ShiftBuildError
 
         try:
@@ -151,9 +158,10 @@ def resolve_backend(x: torch.Tensor, impl: str) -> ShiftBackend:
                 if not _warned_auto:
                     _warned_auto = True
                     warnings.warn(f"temporal shift impl='auto': the CUDA extension is unavailable, using the "
-                                  f"pure-PyTorch reference (slower, same results). Set impl='cuda' to make this "
-                                  f"an error, impl='ref' to silence it. Cause: {exc}", RuntimeWarning, stacklevel=3)
-            return reference
+                                  f"depthwise-convolution formulation (slower, same results). Set impl='cuda' to "
+                                  f"make this an error, impl='dwconv' to silence it. Cause: {exc}", RuntimeWarning,
+                                  stacklevel=3)
+            return dwconv
     raise ValueError(f"unknown temporal shift impl {impl!r}; choose one of {IMPLS}")
 
 
@@ -165,7 +173,7 @@ def temporal_shift(x: torch.Tensor, xpos: torch.Tensor, ypos: torch.Tensor, stri
         x: (N, C, H, W) features, H = time, W = joints.
         xpos, ypos: (C,) learnable positions along W and H.
         stride: temporal stride (output height H // stride; a strided shift samples at ypos + 0.5).
-        impl: "auto" | "cuda" | "ref" (see the module docstring).
+        impl: "auto" | "cuda" | "dwconv" | "ref" (see the module docstring).
         pos_grad: "constrained" (the original's sign steps) | "exact" (the true derivative).
 
     Returns:

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the Shift-GCN temporal shift (the spec and the CPU path).
+"""Pure-PyTorch reference of the Shift-GCN temporal shift (the spec; ``dwconv.py`` is the fast CPU path).
 
 Semantics: ``docs/SHIFT_OP.md`` (measured from the original CUDA kernel). Input ``x`` is
 ``(N, C, H, W)`` with H = time and W = joints; every channel ``c`` is resampled
