@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,9 @@ def load_zero_shot(data_root: str | Path, spec: DatasetSpec, split: str | int, u
     ux, uy = load_part(d, "unseen", arr, allowed=unseen_set, required=unseen_set, hint=spec.prepare)
 
     def subset(xs: np.ndarray, ys: np.ndarray, classes: list[int]) -> Subset:
-        return Subset(torch.from_numpy(resample_time(xs, frames)), torch.from_numpy(ys), sorted(classes))
+        with warnings.catch_warnings():  # read-only memory maps stay so: nothing writes to the samples
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return Subset(torch.from_numpy(resample_time(xs, frames)), torch.from_numpy(ys), sorted(classes))
 
     if use_val:
         is_val = np.isin(y, val)
