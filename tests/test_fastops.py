@@ -9,6 +9,15 @@ from module.fastops import FastDropout, JointChannelBatchNorm, SubsampledPointwi
 CL = torch.channels_last
 
 
+def _same_step(yr, yf, xr, xf, **tol):
+    """Outputs equal; one backward of the same gradient through each; input gradients equal."""
+    torch.testing.assert_close(yf, yr, **tol)
+    g = torch.randn_like(yr)
+    yr.backward(g)
+    yf.backward(g)
+    torch.testing.assert_close(xf.grad, xr.grad, **tol)
+
+
 # ----------------------------------------------------------------------------- dropout
 
 @pytest.mark.parametrize("p", [0.5, 0.25, 0.3])  # 0.3 is no multiple of 2^-16: the torch.rand path
@@ -89,12 +98,7 @@ def test_joint_channel_batchnorm_equals_batchnorm1d(momentum):
     for step in range(3):  # running statistics over several training steps
         x = torch.randn(40, 75, dtype=torch.float64) * (step + 1) + step
         xr, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-        yr, yf = ref(xr), fast(xf)
-        torch.testing.assert_close(yf, yr)
-        g = torch.randn_like(yr)
-        yr.backward(g)
-        yf.backward(g)
-        torch.testing.assert_close(xf.grad, xr.grad)
+        _same_step(ref(xr), fast(xf), xr, xf)
     torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
     torch.testing.assert_close(fast.bias.grad, ref.bias.grad)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
@@ -120,12 +124,7 @@ def test_subsampled_pointwise_conv_equals_the_strided_conv(layout):
     x0 = torch.randn(3, 8, 9, 25, dtype=torch.float64)  # odd length: ceil(9 / 2) = 5 rows either way
     fmt = CL if layout == "channels_last" else torch.contiguous_format
     xr, xf = x0.clone().requires_grad_(True), x0.to(memory_format=fmt).requires_grad_(True)
-    yr, yf = ref(xr), fast(xf)
-    torch.testing.assert_close(yf, yr)
-    g = torch.randn_like(yr)
-    yr.backward(g)
-    yf.backward(g)
-    torch.testing.assert_close(xf.grad, xr.grad)
+    _same_step(ref(xr), fast(xf), xr, xf)
     torch.testing.assert_close(fast.weight.grad, ref.weight.grad)
     torch.testing.assert_close(fast.bias.grad, ref.bias.grad)
 
