@@ -131,14 +131,29 @@ def test_subsampled_pointwise_conv_equals_the_strided_conv(layout):
 
 # ----------------------------------------------------------------------------- recomputing fused blocks
 
-def _step_pair(make, x):
-    """Two identical module sets, one training step each; the inputs' gradients."""
+def _two_steps_agree(make, x, ref_fn, fast_fn, spread_params=False):
+    """Two module sets from ``make`` (same state), two training steps through ``ref_fn(mods, x, step)``
+    and ``fast_fn``: outputs, input and parameter gradients, running statistics all equal."""
     torch.manual_seed(0)
-    ref = make().double().train()
-    fast = make().double().train()
+    ref, fast = make().double().train(), make().double().train()
+    if spread_params:  # parameters away from their initial values
+        with torch.no_grad():
+            for p in ref.parameters():
+                p.copy_(torch.linspace(-0.5, 1.5, p.numel(), dtype=p.dtype).view(p.shape))
     fast.load_state_dict(ref.state_dict())
-    xs = [x.clone().requires_grad_(True) for _ in range(2)]
-    return ref, fast, xs
+    xr, xf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    tight = dict(rtol=1e-10, atol=1e-12)
+    for step in range(2):
+        out_r, out_f = ref_fn(ref, xr, step), fast_fn(fast, xf, step)
+        torch.testing.assert_close(out_f, out_r, **tight)
+        g = torch.randn_like(out_r)
+        out_r.backward(g)
+        out_f.backward(g)
+    torch.testing.assert_close(xf.grad, xr.grad, **tight)
+    for (n, pr), pf in zip(ref.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(pf.grad, pr.grad, **tight, msg=n)
+    for (n, br), bf in zip(ref.named_buffers(), fast.buffers()):
+        torch.testing.assert_close(bf, br, rtol=1e-12, atol=0, msg=n)  # running stats and the step count
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
@@ -148,24 +163,10 @@ def test_bn_relu_conv_equals_the_three_modules(momentum, layout):
 
     x = torch.randn(4, 6, 12, 5, dtype=torch.float64)
     x = x.to(memory_format=CL) if layout == "channels_last" else x
-    make = lambda: nn.ModuleList([nn.BatchNorm2d(6, momentum=momentum), nn.Conv2d(6, 8, (9, 1), (2, 1), (4, 0))])
-    ref, fast, (xr, xf) = _step_pair(make, x)
-    for m in (ref, fast):  # parameters away from their initial values
-        with torch.no_grad():
-            for p in m.parameters():
-                p.copy_(torch.linspace(-0.5, 1.5, p.numel(), dtype=p.dtype).view(p.shape))
-    for step in range(2):
-        out_r = ref[1](torch.relu(ref[0](xr + step)))
-        out_f = bn_relu_conv(xf + step, fast[0], fast[1])
-        torch.testing.assert_close(out_f, out_r, rtol=1e-10, atol=1e-12)
-        g = torch.randn_like(out_r)
-        out_r.backward(g)
-        out_f.backward(g)
-    torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-10, atol=1e-12)
-    for (n, pr), pf in zip(ref.named_parameters(), fast.parameters()):
-        torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-10, atol=1e-12, msg=n)
-    for (n, br), bf in zip(ref.named_buffers(), fast.buffers()):
-        torch.testing.assert_close(bf, br, rtol=1e-12, atol=0, msg=n)  # running stats and the step count
+    _two_steps_agree(lambda: nn.ModuleList([nn.BatchNorm2d(6, momentum=momentum),
+                                            nn.Conv2d(6, 8, (9, 1), (2, 1), (4, 0))]), x,
+                     lambda m, x, step: m[1](torch.relu(m[0](x + step))),
+                     lambda m, x, step: bn_relu_conv(x + step, m[0], m[1]), spread_params=True)
 
 
 @pytest.mark.parametrize("stride", [(1, 1), (2, 1)])
@@ -173,20 +174,9 @@ def test_pointwise_conv_bn_equals_the_two_modules(stride):
     from module.fastops import pointwise_conv_bn
 
     x = torch.randn(4, 6, 12, 5, dtype=torch.float64)
-    make = lambda: nn.ModuleList([nn.Conv2d(6, 8, 1, stride), nn.BatchNorm2d(8)])
-    ref, fast, (xr, xf) = _step_pair(make, x)
-    for step in range(2):
-        out_r = ref[1](ref[0](xr * (step + 1)))
-        out_f = pointwise_conv_bn(xf * (step + 1), fast[0], fast[1])
-        torch.testing.assert_close(out_f, out_r, rtol=1e-10, atol=1e-12)
-        g = torch.randn_like(out_r)
-        out_r.backward(g)
-        out_f.backward(g)
-    torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-10, atol=1e-12)
-    for (n, pr), pf in zip(ref.named_parameters(), fast.parameters()):
-        torch.testing.assert_close(pf.grad, pr.grad, rtol=1e-10, atol=1e-12, msg=n)
-    for (n, br), bf in zip(ref.named_buffers(), fast.buffers()):
-        torch.testing.assert_close(bf, br, rtol=1e-12, atol=0, msg=n)
+    _two_steps_agree(lambda: nn.ModuleList([nn.Conv2d(6, 8, 1, stride), nn.BatchNorm2d(8)]), x,
+                     lambda m, x, step: m[1](m[0](x * (step + 1))),
+                     lambda m, x, step: pointwise_conv_bn(x * (step + 1), m[0], m[1]))
 
 
 def test_recomputing_blocks_refuse_what_they_do_not_cover():
