@@ -69,6 +69,18 @@ def _subsample(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
     return x[:, :, ::sh, ::sw].contiguous(memory_format=fmt)
 
 
+def pool_persons(x: torch.Tensor, n: int, m: int, fast: bool) -> torch.Tensor:
+    """``(N·M, D, T, V)`` features -> ``(N, D)``: global average over T and V, then over persons.
+
+    ``fast``: pool through the channels-last view, so the gradient reaching the last layer is
+    laid out like its output (``x.mean(dim=(2, 3))`` would hand back an NCHW gradient)."""
+    if fast:
+        x = x.permute(0, 2, 3, 1).reshape(n * m, -1, x.shape[1]).mean(dim=1)  # (N·M, D)
+    else:
+        x = x.mean(dim=(2, 3))  # (N·M, D)
+    return x.view(n, m, -1).mean(dim=1)
+
+
 def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     """Bool tensor shaped and laid out like ``x`` (dense): True with probability ``1 - p``.
 

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from module.fastops import JointChannelBatchNorm, SubsampledPointwiseConv, channels_last, check_formulation
+from module.fastops import (JointChannelBatchNorm, SubsampledPointwiseConv, channels_last, check_formulation,
+                            pool_persons)
 from module.graph import get_layout
 from module.registry import register_backbone
 from module.shift import TemporalShift
@@ -200,11 +201,7 @@ class ShiftGCN(nn.Module):
             x = channels_last(x)
         for unit in self.units:
             x = unit(x)
-        if fast:  # pool through the channels-last view: the gradient comes back channels-last too
-            x = x.permute(0, 2, 3, 1).reshape(n * m, -1, x.shape[1]).mean(dim=1)  # (N·M, D)
-        else:
-            x = x.mean(dim=(2, 3))  # (N·M, D): global average pool over T and V
-        return x.view(n, m, -1).mean(dim=1)  # (N, D): mean over persons
+        return pool_persons(x, n, m, fast)  # (N, D)
 
 
 @register_backbone("shiftgcn")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from module.fastops import (FastDropout, SubsampledPointwiseConv, bn_relu_conv, channels_last, check_formulation,
-                            pointwise_conv_bn)
+                            pointwise_conv_bn, pool_persons)
 from module.graph import adjacency, get_layout
 from module.registry import register_backbone
 
@@ -218,13 +218,7 @@ class STGCN(nn.Module):
         for i, block in enumerate(self.blocks):
             a = self.A if self.edge_importance is None else self.A * self.edge_importance[i]
             x = block(x, a)
-        if fast:
-            # Pool through the channels-last view, so the gradient reaching the last ReLU is
-            # laid out like its output (x.mean(dim=(2, 3)) would hand back an NCHW gradient).
-            x = x.permute(0, 2, 3, 1).reshape(n * m, -1, x.shape[1]).mean(dim=1)  # (N·M, D)
-        else:
-            x = x.mean(dim=(2, 3))  # (N·M, D): global average pool over T and V
-        return x.view(n, m, -1).mean(dim=1)  # (N, D): mean over persons
+        return pool_persons(x, n, m, fast)  # (N, D)
 
 
 @register_backbone("stgcn")
