@@ -11,7 +11,7 @@ class SkeletonTextModel(nn.Module):
     """Backbone ``(N, C, T, V, M) → (N, D)``, then a linear head ``D → text_dim``.
 
     ``logit_scale`` is the log of the inverse softmax temperature, a registered
-    ``nn.Parameter`` (the original created it with ``.cuda()``, which silently left it
+    ``nn.Parameter`` (the original moved its parameter to the GPU after wrapping it, which left it
     out of the module and the optimiser, so it never trained). ``learn_temperature=False``
     keeps it fixed at ``1 / init_temperature`` to reproduce that behaviour.
     """
