@@ -163,12 +163,13 @@ def train_epoch(model: SkeletonTextModel, data: Subset, text: torch.Tensor, opti
         with autocast(device, precision):
             emb = model(x)
         loss = loss_fn(emb.float(), text[y], y, model.scale(), **loss_kwargs)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} ({desc}); lower lr or check the data")
+        value = loss.item()  # one device sync per step, checked before the weights change
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} ({desc}); lower lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.item() * len(idx)
+        total += value * len(idx)
         seen += len(idx)
     return total / max(seen, 1)
 

@@ -81,3 +81,23 @@ def test_bad_settings_fail_before_training(demo_root, tmp_path, updates, error, 
     with pytest.raises(error, match=match):
         run(demo_root, tmp_path, **updates)
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_a_non_finite_loss_stops_training_before_the_weights_change():
+    from data.loading import Subset
+    from experiments.train import train_epoch
+    from module.head import SkeletonTextModel
+    from module.registry import build_backbone
+
+    torch.manual_seed(0)
+    model = SkeletonTextModel(build_backbone("stgcn", hidden_channels=4, out_channels=8), text_dim=6)
+    before = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    data = Subset(torch.randn(4, 3, 8, 25, 1), torch.tensor([0, 1, 0, 1]), [0, 1])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    nan_loss = lambda emb, text, y, scale: (emb * float("nan")).sum()
+    with pytest.raises(FloatingPointError, match=r"loss became nan \(epoch 3\)"):
+        train_epoch(model, data, torch.randn(2, 6), opt, nan_loss, batch_size=2, generator=torch.Generator(),
+                    device=torch.device("cpu"), loss_kwargs={}, desc="epoch 3")
+    for k, v in model.state_dict().items():
+        if k in before and "running" not in k:  # BatchNorm statistics move in the forward pass
+            assert torch.equal(v, before[k]), k
