@@ -10,11 +10,12 @@ into either), chosen by ``formulation``:
 
 * ``"reference"``: the straightforward one (graph conv = 1x1 conv to K·C_out channels,
   then a sum over subsets and neighbours; ``nn.Dropout``; default memory layout);
-* ``"fast"`` (default): channels-last activations, the adjacency applied first (so the
-  channel mixing is one 1x1 convolution over K·C_in channels, which oneDNN runs near
-  peak), ``FastDropout``, and two tensors per block recomputed in the backward instead
-  of held (the aggregated input and the rectified BatchNorm output: 1.8 -> 0.9 GiB of
-  activations at batch 128). Equal to the reference up to float rounding (outputs
+* ``"fast"`` (default): channels-last activations; graph convs as one dense 1x1
+  convolution with the adjacency folded into the weight in the narrow blocks, the
+  adjacency applied first in the wide ones (then the channel mixing is one 1x1
+  convolution over K·C_in channels, which oneDNN runs near peak; ``GraphConv``);
+  ``FastDropout``; and tensors recomputed in the backward instead of held (the
+  aggregated input of the wide graph convs and the rectified BatchNorm output). Equal to the reference up to float rounding (outputs
   and gradients, ``tests/test_fast_backbones.py``); dropout draws a different random
   stream with the same distribution.
 """
@@ -30,41 +31,80 @@ from module.graph import adjacency, get_layout
 from module.registry import register_backbone
 
 
+# Graph convolutions whose dense joint-by-joint weight has at most this many rows and
+# columns (V·C on either side) run as one 1x1 convolution (``GraphConv``: "dense").
+# Measured on a 2-core AVX-512 CPU, forward + backward at batch 128 (two persons):
+# 400 -> 400 (16 channels, 25 joints) 38 ms dense vs 76 ms aggregate-first; 800 -> 800:
+# 65 vs 78 ms; 800 -> 1600: 125 vs 87 ms (the dense weight's extra FLOPs start to win).
+DENSE_GRAPH_MAX = 800
+
+GRAPH_METHODS = ("conv_then_aggregate", "aggregate_first", "dense")
+
+
+def fast_graph_method(in_channels: int, out_channels: int, num_joints: int) -> str:
+    """The fast formulation's graph-conv method for a layer of this size (``DENSE_GRAPH_MAX``)."""
+    if num_joints * max(in_channels, out_channels) <= DENSE_GRAPH_MAX:
+        return "dense"
+    return "aggregate_first"
+
+
 class GraphConv(nn.Module):
     """Spatial graph convolution over K adjacency subsets:
     ``y[n, o, t, w] = sum_{k, v, i} a[k, v, w] (W[k, o, i] x[n, i, t, v] + b[k, o])``.
 
-    Reference: a 1×1 convolution to K·C_out channels, then a sum over subsets and
-    neighbours. Adjacency-first: aggregate over the neighbours of every subset first,
-    then one 1×1 convolution over K·C_in channels (the same sums, reassociated; the bias
-    becomes a per-joint term). The parameters are the same either way.
+    Three methods, the same sums in a different association, the same parameters:
+
+    * ``conv_then_aggregate`` (reference): a 1×1 convolution to K·C_out channels, then a
+      sum over subsets and neighbours.
+    * ``aggregate_first``: aggregate over the neighbours of every subset first, then one
+      1×1 convolution over K·C_in channels (the bias becomes a per-joint term).
+    * ``dense``: fold the adjacency into the weight, ``D[(w, o), (v, i)] = sum_k a[k, v, w]
+      W[k, o, i]``, and run one 1×1 convolution from V·C_in to V·C_out channels over the
+      channels-last memory of ``x`` seen as ``(N, V·C_in, T, 1)``. More FLOPs (the
+      adjacency is sparse) but one large GEMM-shaped convolution with nothing to hold or
+      recompute for the backward: faster for narrow layers (``DENSE_GRAPH_MAX``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, num_subsets: int, adjacency_first: bool = False):
+    def __init__(self, in_channels: int, out_channels: int, num_subsets: int, method: str = "conv_then_aggregate"):
         super().__init__()
+        if method not in GRAPH_METHODS:
+            raise ValueError(f"unknown graph-conv method {method!r}; choose one of {GRAPH_METHODS}")
         self.k = num_subsets
         self.out_channels = out_channels
-        self.adjacency_first = adjacency_first
+        self.method = method
         self.conv = nn.Conv2d(in_channels, out_channels * num_subsets, kernel_size=1)
 
     def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         # x: (N, C_in, T, V), a: (K, V, W)
-        if self.adjacency_first:
-            return self._adjacency_first(x, a)
+        if self.method == "aggregate_first":
+            return self._aggregate_first(x, a)
+        if self.method == "dense":
+            return self._dense(x, a)
         n, _, t, v = x.shape
         y = self.conv(x).view(n, self.k, -1, t, v)  # (N, K, C_out, T, V)
         return torch.einsum("nkctv,kvw->nctw", y, a).contiguous()  # (N, C_out, T, W)
 
-    def _adjacency_first(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    def _bias(self, a: torch.Tensor) -> torch.Tensor:
+        """``sum_k b[k, o] sum_v a[k, v, w]``: the conv bias seen through the aggregation, as (W, C_out)."""
+        return torch.einsum("ko,kw->wo", self.conv.bias.view(self.k, self.out_channels), a.sum(1))
+
+    def _dense(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        n, c, t, v = x.shape
+        k, w, co = self.k, a.shape[2], self.out_channels
+        weight = torch.einsum("kvw,koc->wovc", a, self.conv.weight.view(k, co, c)).reshape(w * co, v * c, 1, 1)
+        rows = x.permute(0, 2, 3, 1).reshape(n, t, 1, v * c).permute(0, 3, 1, 2)  # (N, V·C_in, T, 1), channels-last
+        y = F.conv2d(rows, weight, self._bias(a).reshape(w * co))                # (N, W·C_out, T, 1), channels-last
+        return y.permute(0, 2, 3, 1).view(n, t, w, co).permute(0, 3, 1, 2)       # (N, C_out, T, W), channels-last
+
+    def _aggregate_first(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         n, c, t, v = x.shape
         k, w, co = self.k, a.shape[2], self.out_channels
         agg = a.permute(2, 0, 1).reshape(w * k, v, 1, 1)                # [(w, k), v] = a[k, v, w]
         mix = self.conv.weight.view(k, co, c).transpose(0, 1).reshape(co, k * c, 1, 1)
         y = _AggregateMix.apply(x, agg, mix)                            # (N, C_out, T, W), channels-last
-        # sum_k b[k, o] sum_v a[k, v, w]: the conv bias seen through the aggregation, added on
-        # the (N·T, W·C_out) view so that its gradient is a reduction over contiguous rows
-        # (reducing a channels-last tensor over N and T directly is ~15x slower, measured).
-        bias = torch.einsum("ko,kw->wo", self.conv.bias.view(k, co), a.sum(1)).reshape(1, w * co)
+        # the bias added on the (N·T, W·C_out) view so that its gradient is a reduction over
+        # contiguous rows (reducing a channels-last tensor over N and T directly is ~15x slower, measured).
+        bias = self._bias(a).reshape(1, w * co)
         y = y.permute(0, 2, 3, 1).reshape(n * t, w * co) + bias        # (N·T, W·C_out)
         return y.view(n, t, w, co).permute(0, 3, 1, 2)                  # (N, C_out, T, W), channels-last
 
@@ -124,11 +164,13 @@ class _AggregateMix(torch.autograd.Function):
 
 class STGCNBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, num_subsets: int, temporal_kernel: int,
-                 stride: int = 1, dropout: float = 0.0, residual: bool = True, fast: bool = False):
+                 stride: int = 1, dropout: float = 0.0, residual: bool = True, fast: bool = False,
+                 num_joints: int = 25):
         super().__init__()
         pad = (temporal_kernel - 1) // 2
         self.fast = fast
-        self.gcn = GraphConv(in_channels, out_channels, num_subsets, adjacency_first=fast)
+        method = fast_graph_method(in_channels, out_channels, num_joints) if fast else "conv_then_aggregate"
+        self.gcn = GraphConv(in_channels, out_channels, num_subsets, method)
         self.tcn = nn.Sequential(
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
@@ -197,7 +239,7 @@ class STGCN(nn.Module):
         self.data_bn = nn.BatchNorm1d(in_channels * v)
         self.blocks = nn.ModuleList(
             STGCNBlock(ci, co, k, temporal_kernel, stride=s,
-                       dropout=0.0 if i == 0 else dropout, residual=i != 0, fast=fast)
+                       dropout=0.0 if i == 0 else dropout, residual=i != 0, fast=fast, num_joints=v)
             for i, (ci, co, s) in enumerate(plan)
         )
         if edge_importance:

@@ -22,13 +22,14 @@ TIGHT = dict(rtol=1e-9, atol=1e-11)
 
 @pytest.mark.parametrize("cin,cout", [(3, 8), (8, 8), (8, 20), (12, 5)])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_adjacency_first_graph_conv_equals_conv_then_einsum(cin, cout, layout):
+@pytest.mark.parametrize("method", ["aggregate_first", "dense"])
+def test_fast_graph_conv_methods_equal_conv_then_einsum(cin, cout, layout, method):
     torch.manual_seed(0)
     ref = GraphConv(cin, cout, 3).double()
     with torch.no_grad():
         ref.conv.bias.uniform_(-1, 1)
     fast = copy.deepcopy(ref)
-    fast.adjacency_first = True
+    fast.method = method
     a0 = torch.from_numpy(adjacency("ntu25")).double() * (1 + torch.rand(3, 25, 25, dtype=torch.float64))
     x0 = torch.randn(4, cin, 7, 25, dtype=torch.float64)
     outs, grads = [], []
@@ -102,7 +103,7 @@ def test_auto_uses_dwconv_on_cpu():
 
 # ----------------------------------------------------------------------------- whole backbones
 
-SMALL = {"stgcn": dict(hidden_channels=4, out_channels=16, dropout=0.0),
+SMALL = {"stgcn": dict(hidden_channels=4, out_channels=40, dropout=0.0),  # 25 joints x 40 > DENSE_GRAPH_MAX
          "shiftgcn": dict(hidden_channels=4, out_channels=16, num_person=2, shift_pos_grad="exact")}
 
 
@@ -125,6 +126,8 @@ def _pair(name):
 @pytest.mark.parametrize("name", ["stgcn", "shiftgcn"])
 def test_fast_backbone_equals_reference(name):
     ref, fast = _pair(name)
+    if name == "stgcn":  # both fast graph-conv methods are in the comparison
+        assert {b.gcn.method for b in fast.blocks} == {"dense", "aggregate_first"}
     x = torch.randn(3, 3, 20, 25, 2, dtype=torch.float64)
     for step in range(2):  # training mode, twice: running statistics accumulate identically
         outs = []
