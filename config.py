@@ -9,10 +9,12 @@ entry can still be overridden on the command line; unknown keys are refused.
 from __future__ import annotations
 
 from sacred import Experiment, Ingredient
+from sacred.host_info import host_info_gatherer
 from sacred.settings import SETTINGS
 
 from data.catalog import DATA_DIR, TRACKS, dataset_splits, default_split, draw_val_classes, get_dataset, split_spec
 from experiments.checkpoints import checkpoint_config, model_entries
+from experiments.runtime import applied_allocator
 from experiments.tracking import clean_output, experiment_logger, plain, project_sources
 from text.models import text_dim as _text_dim
 
@@ -85,7 +87,14 @@ def report_config():
     out = "results"  # folder for results.md, results.csv, results.png
 
 
-ex = Experiment("pgfa", ingredients=[raw, new_split, sweep, report], save_git_info=False)
+@host_info_gatherer("allocator")
+def _allocator() -> str:
+    """The memory allocator the entry point applied (experiments/runtime.py); '' for none."""
+    return applied_allocator()
+
+
+ex = Experiment("pgfa", ingredients=[raw, new_split, sweep, report], save_git_info=False,
+                additional_host_info=[_allocator])
 ex.logger = experiment_logger()  # its lines land in the captured output too
 ex.captured_out_filter = clean_output  # progress-bar redraws resolved, output capped (experiments/tracking.py)
 for _source in project_sources():

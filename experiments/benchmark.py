@@ -22,8 +22,9 @@ row of a backbone uses that same model count, so GFLOP/s is proportional to samp
 (as MFU figures are); ``exec GF`` is what the row's own formulation executes.
 
 Rows: ``formulation`` ``reference`` (the straightforward one; Shift-GCN with the
-reference shift op) or ``fast``; ``malloc`` ``keep`` (``experiments/runtime.py``'s glibc
-settings, what ``main.py`` applies) or ``system`` (glibc's defaults); ``bf16``:
+reference shift op) or ``fast``; ``malloc``: the allocator (``experiments/runtime.py``):
+``mimalloc`` (what ``main.py`` applies when installed), ``glibc-keep`` (glibc settings that
+keep freed memory; the fallback) or ``system`` (glibc's defaults); ``bf16``:
 ``torch.autocast`` to bfloat16 (changes the arithmetic; shown for information only).
 ``x ref`` is a row's speed over the reference row (same allocator); ``x before`` over the
 reference formulation with glibc's default allocator, i.e. the state before the fast
@@ -47,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from experiments.runtime import ALLOCATOR_ENV
+from experiments.runtime import ACTIVE_VAR, GLIBC_KEEP_ENV, MIMALLOC_OPTIONS, allocator_env, default_allocator
 
 FRAMES = {"stgcn": 50, "shiftgcn": 64}
 EXTRA_MALLOC = ("MALLOC_MMAP_THRESHOLD_", "THP_MEM_ALLOC_ENABLE", "MALLOC_ARENA_MAX")
@@ -62,7 +63,7 @@ class Spec:
     backbone: str = "stgcn"
     formulation: str = "fast"
     batch: int = 32
-    malloc: str = "keep"            # "keep" | "system"
+    malloc: str = "mimalloc"        # an allocator of experiments/runtime.py, or "env:K=V,..." (a trial)
     bf16: bool = False
     device: str = "cpu"
     tiny: bool = False              # small widths and frames (the smoke test)
@@ -173,10 +174,18 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _mimalloc_loaded() -> bool:
+    try:
+        with open("/proc/self/maps") as f:
+            return any("libmimalloc" in line for line in f)
+    except OSError:
+        return False
+
+
 def worker(spec: Spec) -> None:
     """Build the configuration, report its FLOPs, then run one timed step per 'step' line."""
     device = torch.device(spec.device)
-    info: dict = {"threads": torch.get_num_threads()}
+    info: dict = {"threads": torch.get_num_threads(), "mimalloc_loaded": _mimalloc_loaded()}
     if spec.kind == "ceiling":
         run, layouts, flops = _ceiling_step(device, spec.tiny)
         for fmt in layouts:
@@ -274,13 +283,15 @@ class Row:
 class Worker:
     def __init__(self, spec: Spec):
         env = dict(os.environ)
-        for k in (*ALLOCATOR_ENV, *EXTRA_MALLOC):
+        for k in (*GLIBC_KEEP_ENV, *MIMALLOC_OPTIONS, *EXTRA_MALLOC, ACTIVE_VAR):
             env.pop(k, None)
-        if spec.malloc == "keep":
-            env.update(ALLOCATOR_ENV)
-        elif spec.malloc.startswith("env:"):
-            env.update(dict(kv.split("=") for kv in spec.malloc[4:].split(",")))
-        env["PGFA_ALLOCATOR"] = spec.malloc  # never re-exec
+        preload = " ".join(p for p in env.pop("LD_PRELOAD", "").split() if "mimalloc" not in p)
+        if preload:
+            env["LD_PRELOAD"] = preload
+        if spec.malloc.startswith("env:"):
+            env.update(dict(kv.split("=", 1) for kv in spec.malloc[4:].split(",")))
+        else:
+            env.update(allocator_env(spec.malloc))
         self.row = Row(spec)
         self.proc = subprocess.Popen([sys.executable, "-m", "experiments.benchmark", "--worker", json.dumps(asdict(spec))],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -327,7 +338,9 @@ def groups(args) -> list[tuple[str, list[Spec]]]:
     dev, tiny = args.device, args.tiny
     ceil = Spec("ceiling", device=dev, tiny=tiny)
 
-    def s(kind, backbone, formulation, batch, malloc="keep", bf16=False):
+    default = default_allocator()
+
+    def s(kind, backbone, formulation, batch, malloc=default, bf16=False):
         return Spec(kind, backbone, formulation, 4 if tiny else batch, malloc, bf16, dev, tiny)
 
     out = []
@@ -340,6 +353,8 @@ def groups(args) -> list[tuple[str, list[Spec]]]:
             if (backbone, batch) in (("stgcn", 128), ("shiftgcn", 32)) and not args.quick and dev == "cpu":
                 rows = [s("train", backbone, "reference", batch, "system"), rows[0],
                         s("train", backbone, "fast", batch, "system"), rows[1]]
+                if default != "glibc-keep":  # the glibc setting, for its speed and memory
+                    rows.append(s("train", backbone, "fast", batch, "glibc-keep"))
             if args.bf16 and batch == 32:
                 rows.append(s("train", backbone, "fast", batch, bf16=True))
             out.append((f"{backbone} training, batch {batch}", [ceil, *rows]))
@@ -363,7 +378,7 @@ def table(title: str, rows: list[Row]) -> list[str]:
     before = {}  # the reference formulation with glibc's default allocator, where the group has it
     for r in rows:
         if r.spec.kind in ("train", "eval") and r.spec.formulation == "reference":
-            (ref if r.spec.malloc == "keep" else before)[r.spec.backbone] = r
+            (before if r.spec.malloc == "system" else ref)[r.spec.backbone] = r
     for r in rows:
         if r.spec.backbone in ref:
             r.info["model_flops"] = ref[r.spec.backbone].info["exec_flops"]

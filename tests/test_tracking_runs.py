@@ -19,6 +19,7 @@ from experiments import dbserver, observers
 from experiments import train as train_module
 from experiments.dbserver import TrackingError
 from experiments.observers import TrackingObserver
+from experiments.runtime import default_allocator
 from experiments.sync import sync
 from experiments.tracking import OUTPUT_LIMIT
 from main import ex
@@ -57,6 +58,8 @@ def assert_complete(db, doc, epochs: int = 2) -> None:
     assert doc["status"] == "COMPLETED"
     assert doc["config"]["dataset"] == "demo" and doc["config"]["epoch_num"] == epochs
     assert doc["host"]["hostname"] and doc["host"]["python_version"]
+    # the allocator main.py applied (experiments/runtime.py), recorded with the run
+    assert doc["host"]["allocator"] == (os.environ.get("PGFA_ALLOCATOR") or default_allocator())
     sources = dict(doc["experiment"]["sources"])
     assert {"main.py", "config.py", "experiments/train.py", "module/stgcn.py"} <= set(sources)
     assert gridfs.GridFS(db).get(sources["experiments/train.py"]).read() == \
