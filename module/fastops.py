@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 _LANES = 65536  # a 16-bit lane takes this many equally likely values
+_BYTE_COPIES = 0x0101010101010101             # b * this: b in every byte of an int64
+_BIT_PER_BYTE = 0x8040201008040201 - (1 << 64)  # bit j of byte j (as a signed int64)
 
 # The backbones' ``formulation`` config key: the fast one (default) or the straightforward
 # one it is tested and benchmarked against. Both have the same parameters.
@@ -84,11 +86,19 @@ def pool_persons(x: torch.Tensor, n: int, m: int, fast: bool) -> torch.Tensor:
 def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     """Bool tensor shaped and laid out like ``x`` (dense): True with probability ``1 - p``.
 
-    Where ``p`` is a multiple of 2^-16 (0.5, 0.25, ...) each element compares one uniform
-    16-bit lane, four lanes per 64-bit random word, so the probability is exact. Any
-    other ``p`` compares a ``torch.rand`` float (24-bit resolution, like PyTorch's own).
+    ``p = 0.5`` (the papers' value) takes one random bit per element, 64 per generator word.
+    Other multiples of 2^-16 (0.25, ...) compare one uniform 16-bit lane per element, four
+    lanes per 64-bit random word; either way the probability is exact. Any other ``p``
+    compares a ``torch.rand`` float (24-bit resolution, like PyTorch's own).
     """
     x = _dense(x)
+    if p == 0.5:  # one random bit per element, 64 per generator word
+        n = x.numel()
+        nbytes = (n + 7) // 8
+        words = torch.empty((nbytes + 7) // 8, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
+        # each random byte copied into the 8 bytes of an int64, byte j keeping only bit j
+        spread = words.view(torch.uint8)[:nbytes].to(torch.int64).mul_(_BYTE_COPIES).bitwise_and_(_BIT_PER_BYTE)
+        return (spread.view(torch.uint8)[:n] != 0).as_strided(x.shape, x.stride())
     level = p * _LANES
     if level == int(level):
         n = x.numel()
@@ -106,12 +116,12 @@ class _Dropout(torch.autograd.Function):
         keep = keep_mask(x, p)
         ctx.save_for_backward(keep)  # 1 byte per element
         ctx.scale = 1.0 / (1.0 - p)
-        return torch.mul(x, keep).mul_(ctx.scale)
+        return torch.mul(x, keep.view(torch.uint8)).mul_(ctx.scale)  # x uint8: faster than x bool
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return torch.mul(g, keep).mul_(ctx.scale), None
+        return torch.mul(g, keep.view(torch.uint8)).mul_(ctx.scale), None
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -260,6 +270,53 @@ def pointwise_conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> t
     factor = _bn_factor(bn)
     return _PointwiseConvBN.apply(x, conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
                                   factor, bn.eps, tuple(conv.stride))
+
+
+class _BNDropoutAddReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, bn_w, bn_b, res, keep, running_mean, running_var, factor, eps, scale):
+        # dropout's 1 / (1 - p) folded into BatchNorm's affine: bn(y) * scale in one pass
+        w, b = bn_w * scale, bn_b * scale
+        z, mean, invstd = torch.ops.aten.native_batch_norm(y, w, b, running_mean, running_var, True, factor, eps)
+        out = torch.addcmul(res, z, keep.view(torch.uint8)).relu_()
+        ctx.save_for_backward(y, w, running_mean, running_var, mean, invstd, keep, out)
+        ctx.eps, ctx.scale = eps, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        y, w, running_mean, running_var, mean, invstd, keep, out = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g = torch.ops.aten.threshold_backward(g, out, 0)
+        gy = gw = gb = None
+        if need[0] or need[1] or need[2]:
+            gz = torch.mul(g, keep.view(torch.uint8))
+            gy, gw, gb = torch.ops.aten.native_batch_norm_backward(
+                gz, y, w, running_mean, running_var, mean, invstd, True, ctx.eps, [need[0], need[1], need[2]])
+            gw = None if gw is None else gw * ctx.scale
+            gb = None if gb is None else gb * ctx.scale
+        return gy, gw, gb, (g if need[3] else None), None, None, None, None, None, None
+
+
+def bn_dropout_add_relu(y: torch.Tensor, bn: nn.BatchNorm2d, p: float, res: torch.Tensor,
+                        keep: torch.Tensor | None = None) -> torch.Tensor:
+    """``relu(dropout(bn(y)) + res)`` with ``bn`` in training mode and ``0 < p < 1``: the end of
+    an ST-GCN block in four passes over the activations instead of seven (the dropout scale
+    rides on BatchNorm's affine, mask and residual are applied by one ``addcmul``).
+
+    Same arithmetic as the modules (batch and running statistics, step count, inverted
+    dropout); ``keep`` (a bool tensor laid out like ``y``; default: a fresh ``keep_mask``)
+    is the dropout mask, kept (1 byte per element) for the backward with the output."""
+    if not (bn.training and bn.track_running_stats and bn.affine and 0.0 < p < 1.0):
+        raise ValueError("bn_dropout_add_relu covers a training-mode, affine, tracking BatchNorm and 0 < p < 1")
+    y = _dense(y)
+    if keep is None:
+        keep = keep_mask(y, p)
+    elif keep.dtype != torch.bool or keep.shape != y.shape or keep.stride() != y.stride():
+        raise ValueError("keep must be a bool tensor with the shape and layout of y")
+    factor = _bn_factor(bn)
+    return _BNDropoutAddReLU.apply(y, bn.weight, bn.bias, res, keep, bn.running_mean, bn.running_var,
+                                   factor, bn.eps, 1.0 / (1.0 - p))
 
 
 class JointChannelBatchNorm(nn.BatchNorm1d):

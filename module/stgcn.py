@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from module.fastops import (FastDropout, SubsampledPointwiseConv, bn_relu_conv, channels_last, check_formulation,
-                            pointwise_conv_bn, pool_persons)
+from module.fastops import (FastDropout, SubsampledPointwiseConv, bn_dropout_add_relu, bn_relu_conv, channels_last,
+                            check_formulation, pointwise_conv_bn, pool_persons)
 from module.graph import adjacency, get_layout
 from module.registry import register_backbone
 
@@ -196,7 +196,10 @@ class STGCNBlock(nn.Module):
             # the same modules, holding fewer tensors for the backward (fastops: bn_relu_conv, pointwise_conv_bn)
             res = 0 if self.residual is None else (
                 x if isinstance(self.residual, nn.Identity) else pointwise_conv_bn(x, *self.residual))
-            y = drop(bn2(bn_relu_conv(self.gcn(x, a), bn, conv)))
+            y = bn_relu_conv(self.gcn(x, a), bn, conv)
+            if self.residual is not None and 0.0 < drop.p < 1.0:
+                return bn_dropout_add_relu(y, bn2, drop.p, res)
+            y = drop(bn2(y))
         else:
             res = 0 if self.residual is None else self.residual(x)
             y = self.tcn(self.gcn(x, a))

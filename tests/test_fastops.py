@@ -30,8 +30,14 @@ def test_keep_mask_has_the_requested_probability(p):
     for dim in range(4):
         frac = keep.mean(dim=[d for d in range(4) if d != dim])
         assert (frac - (1 - p)).abs().max() < 0.03, dim
-    lanes = keep.reshape(-1, 4).mean(0)
-    assert (lanes - (1 - p)).abs().max() < 3e-3
+    # the elements drawn from one generator word (64 bits for p = 0.5, four 16-bit lanes
+    # otherwise) are independent: each position within a word keeps 1 - p of the time
+    per_word = 64 if p == 0.5 else 4
+    lanes = keep.reshape(-1, per_word).mean(0)
+    assert (lanes - (1 - p)).abs().max() < 4e-3 * (per_word / 4) ** 0.5
+    # neighbouring elements are uncorrelated (bits of one byte, lanes of one word)
+    flat = keep.reshape(-1) - (1 - p)
+    assert abs((flat[:-1] * flat[1:]).mean().item()) < 2e-3
 
 
 def test_keep_mask_follows_the_input_layout():
@@ -179,6 +185,42 @@ def test_pointwise_conv_bn_equals_the_two_modules(stride):
                      lambda m, x, step: pointwise_conv_bn(x * (step + 1), m[0], m[1]))
 
 
+@pytest.mark.parametrize("p", [0.5, 0.3])
+@pytest.mark.parametrize("residual", ["conv", "identity"])
+def test_bn_dropout_add_relu_equals_the_modules_with_the_same_mask(p, residual):
+    from module.fastops import bn_dropout_add_relu
+
+    x = torch.randn(4, 6, 12, 5, dtype=torch.float64).to(memory_format=CL)
+    masks = [keep_mask(x, p) for _ in range(2)]
+
+    def make():
+        return nn.ModuleList([nn.BatchNorm2d(6), nn.Conv2d(6, 6, 1)])
+
+    def res_of(m, x):
+        return m[1](x) if residual == "conv" else x
+
+    def ref(m, x, step):  # dropout written out with the same mask
+        return torch.relu(m[0](x + step) * masks[step] / (1 - p) + res_of(m, x))
+
+    _two_steps_agree(make, x, ref, lambda m, x, step: bn_dropout_add_relu(x + step, m[0], p, res_of(m, x), masks[step]),
+                     spread_params=True)
+
+
+def test_bn_dropout_add_relu_draws_its_own_mask_at_the_rate():
+    from module.fastops import bn_dropout_add_relu
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(8)
+    y = torch.randn(16, 8, 30, 25).to(memory_format=CL)
+    out = bn_dropout_add_relu(y, bn, 0.5, torch.full_like(y, 100.0))  # residual 100: relu passes everything
+    dropped = out == 100.0
+    assert dropped.double().mean().item() == pytest.approx(0.5, abs=0.01)
+    with torch.no_grad():
+        kept = ~dropped
+        torch.testing.assert_close(out[kept] - 100.0, (2 * nn.functional.batch_norm(
+            y, None, None, bn.weight, bn.bias, True, 0.1, bn.eps))[kept], rtol=1e-5, atol=1e-5)
+
+
 def test_recomputing_blocks_refuse_what_they_do_not_cover():
     from module.fastops import bn_relu_conv, pointwise_conv_bn
 
@@ -187,3 +229,9 @@ def test_recomputing_blocks_refuse_what_they_do_not_cover():
         bn_relu_conv(x, nn.BatchNorm2d(4).eval(), nn.Conv2d(4, 4, 1))
     with pytest.raises(ValueError, match="1x1 convolution"):
         pointwise_conv_bn(x, nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    from module.fastops import bn_dropout_add_relu
+
+    with pytest.raises(ValueError, match="0 < p < 1"):
+        bn_dropout_add_relu(x, nn.BatchNorm2d(4), 0.0, x)
+    with pytest.raises(ValueError, match="layout of y"):
+        bn_dropout_add_relu(x, nn.BatchNorm2d(4), 0.5, x, keep_mask(x.to(memory_format=CL), 0.5))
