@@ -48,7 +48,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from experiments.runtime import ACTIVE_VAR, GLIBC_KEEP_ENV, MIMALLOC_OPTIONS, allocator_env, default_allocator
+from experiments.runtime import (ACTIVE_VAR, GLIBC_KEEP_ENV, MIMALLOC_OPTIONS, allocator_env, default_allocator,
+                                 mimalloc_loaded)
 
 FRAMES = {"stgcn": 50, "shiftgcn": 64}
 EXTRA_MALLOC = ("MALLOC_MMAP_THRESHOLD_", "THP_MEM_ALLOC_ENABLE", "MALLOC_ARENA_MAX")
@@ -174,18 +175,10 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _mimalloc_loaded() -> bool:
-    try:
-        with open("/proc/self/maps") as f:
-            return any("libmimalloc" in line for line in f)
-    except OSError:
-        return False
-
-
 def worker(spec: Spec) -> None:
     """Build the configuration, report its FLOPs, then run one timed step per 'step' line."""
     device = torch.device(spec.device)
-    info: dict = {"threads": torch.get_num_threads(), "mimalloc_loaded": _mimalloc_loaded()}
+    info: dict = {"threads": torch.get_num_threads(), "mimalloc_loaded": mimalloc_loaded()}
     if spec.kind == "ceiling":
         run, layouts, flops = _ceiling_step(device, spec.tiny)
         for fmt in layouts:

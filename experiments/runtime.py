@@ -108,7 +108,21 @@ def _restore_environment() -> None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    _active[0] = os.environ.pop(ACTIVE_VAR)  # children choose for themselves
+    name = os.environ.pop(ACTIVE_VAR)  # children choose for themselves
+    if name == "mimalloc" and not mimalloc_loaded():
+        # the dynamic loader refused the preload (it said so on stderr): say what really runs
+        log.warning("mimalloc was requested but is not loaded in this process; running on the system allocator")
+        name = "system (mimalloc preload failed)"
+    _active[0] = name
+
+
+def mimalloc_loaded() -> bool:
+    """Whether libmimalloc is mapped into this process (Linux)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return any("libmimalloc" in line for line in f)
+    except OSError:
+        return False
 
 
 _active = [""]

@@ -76,3 +76,11 @@ def test_mimalloc_requested_but_missing_names_the_package(monkeypatch):
         runtime.allocator_env("mimalloc")
     assert runtime.allocator_env("glibc-keep") == runtime.GLIBC_KEEP_ENV
     assert runtime.allocator_env("system") == {}
+
+
+@linux_only
+def test_a_refused_preload_is_reported_not_recorded_as_mimalloc():
+    """The re-executed process checks that mimalloc is really mapped before saying so
+    (simulated: the marker of a mimalloc re-exec without the preload)."""
+    got = _probe("mimalloc", {"PGFA_ALLOCATOR_ACTIVE": "mimalloc", "PGFA_ALLOCATOR_SAVED_ENV": "{}"})
+    assert not got["mimalloc"] and got["applied"] == "system (mimalloc preload failed)"
