@@ -1,6 +1,6 @@
 """Training / evaluation speed of the backbones against this machine's own ceiling (not a test).
 
-    python -m experiments.benchmark                     # the full table (about 13 minutes on 2 cores)
+    python -m experiments.benchmark                     # the full table (about 15 minutes on 2 cores)
     python -m experiments.benchmark --quick             # fewer rows and rounds (about 4 minutes)
     python -m experiments.benchmark --big               # + Shift-GCN at batch 128 (needs ~30 GiB of memory)
     python -m experiments.benchmark --json bench.json   # also write the rows as JSON

@@ -8,7 +8,7 @@ on a 2-core CPU): training runs at half speed. Two remedies, chosen by ``PGFA_AL
   requirements.txt does): mimalloc preloaded, told never to give freed memory back
   (``MIMALLOC_PURGE_DELAY=-1``). As fast as the glibc setting below, and its size
   classes reuse freed blocks well: ST-GCN's training step at batch 128 peaks at about
-  1.9 GiB instead of 2.6–3.1 GiB (measured; ``python -m experiments.benchmark``).
+  2.0 GiB instead of 2.45–3.1 GiB (measured; ``python -m experiments.benchmark``).
 * ``glibc-keep`` (the default without that package): glibc settings that keep freed memory
   in the heap (no mmap'd chunks, no trimming). Fast, but the heap fragments.
 * ``system``: no change.
