@@ -14,6 +14,7 @@ def test_benchmark_group_prints_every_row_against_the_ceiling():
     rows = run_group(specs, rounds=1, log=lambda m: None)
     lines = table("tiny", rows)
     assert re.match(r"  conv ceiling \(best layout\) +\d+\.\d GFLOP/s", lines[1]), lines
+    assert not any("no reference row" in ln for ln in lines)  # every row has its model count
     body = [ln for ln in lines if " train b4 " in ln]
     assert len(body) == 3, lines
     for ln, spec in zip(body, specs[1:]):
