@@ -37,6 +37,7 @@ ALLOCATORS = ("mimalloc", "glibc-keep", "system")
 CHOICE_VAR = "PGFA_ALLOCATOR"          # the user's choice (unset: the default)
 ACTIVE_VAR = "PGFA_ALLOCATOR_ACTIVE"   # set for the re-executed process only
 _SAVED_VAR = "PGFA_ALLOCATOR_SAVED_ENV"
+_active = [""]                         # what ensure_allocator_settings applied to this process
 
 GLIBC_KEEP_ENV = {
     "MALLOC_MMAP_MAX_": "0",                 # serve large blocks from the heap, not fresh mmaps
@@ -123,9 +124,6 @@ def mimalloc_loaded() -> bool:
             return any("libmimalloc" in line for line in f)
     except OSError:
         return False
-
-
-_active = [""]
 
 
 def applied_allocator() -> str:
