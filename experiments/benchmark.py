@@ -48,8 +48,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from experiments.runtime import (ACTIVE_VAR, GLIBC_KEEP_ENV, MIMALLOC_OPTIONS, allocator_env, default_allocator,
-                                 mimalloc_loaded)
+from experiments.runtime import allocator_env, default_allocator, mimalloc_loaded, without_allocator
 
 FRAMES = {"stgcn": 50, "shiftgcn": 64}
 EXTRA_MALLOC = ("MALLOC_MMAP_THRESHOLD_", "THP_MEM_ALLOC_ENABLE", "MALLOC_ARENA_MAX")
@@ -275,12 +274,7 @@ class Row:
 
 class Worker:
     def __init__(self, spec: Spec):
-        env = dict(os.environ)
-        for k in (*GLIBC_KEEP_ENV, *MIMALLOC_OPTIONS, *EXTRA_MALLOC, ACTIVE_VAR):
-            env.pop(k, None)
-        preload = " ".join(p for p in env.pop("LD_PRELOAD", "").split() if "mimalloc" not in p)
-        if preload:
-            env["LD_PRELOAD"] = preload
+        env = {k: v for k, v in without_allocator(dict(os.environ)).items() if k not in EXTRA_MALLOC}
         if spec.malloc.startswith("env:"):
             env.update(dict(kv.split("=", 1) for kv in spec.malloc[4:].split(",")))
         else:

@@ -101,6 +101,16 @@ def _exec_with(name: str, argv: list[str]) -> None:
     os.execve(sys.executable, argv, env)
 
 
+def without_allocator(env: dict[str, str]) -> dict[str, str]:
+    """``env`` without any allocator setting of this module (for a child that chooses its own)."""
+    out = {k: v for k, v in env.items()
+           if k not in (*GLIBC_KEEP_ENV, *MIMALLOC_OPTIONS, CHOICE_VAR, ACTIVE_VAR, _SAVED_VAR, "LD_PRELOAD")}
+    preload = " ".join(p for p in env.get("LD_PRELOAD", "").split() if "libmimalloc" not in p)
+    if preload:
+        out["LD_PRELOAD"] = preload
+    return out
+
+
 def _restore_environment() -> None:
     """In the re-executed process: give child processes the environment the user had."""
     saved = json.loads(os.environ.pop(_SAVED_VAR, "{}"))
@@ -180,10 +190,9 @@ if __name__ == "__main__":
     from experiments import runtime as _rt  # the importable module keeps the state (applied_allocator)
 
     _args = sys.argv[1:]
-    if os.environ.get(ACTIVE_VAR):
-        _rt._restore_environment()
-    elif sys.platform.startswith("linux") and _chosen_or_exit() != "system":
-        _exec_with(_chosen_or_exit(), [sys.executable, "-m", "experiments.runtime", *_args])
-    else:
-        _rt._active[0] = "system" if sys.platform.startswith("linux") else ""
+    if not os.environ.get(ACTIVE_VAR) and sys.platform.startswith("linux"):
+        _name = _chosen_or_exit()
+        if _name != "system":
+            _exec_with(_name, [sys.executable, "-m", "experiments.runtime", *_args])  # does not return
+    _rt.ensure_allocator_settings()  # second pass: restores the environment; "system": records it
     _run_in_process(_args)

@@ -21,8 +21,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 def _probe(allocator: str | None, extra_env: dict | None = None) -> dict:
     import json
 
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("PGFA_ALLOCATOR") or k == "LD_PRELOAD" or "MALLOC" in k)}
+    env = runtime.without_allocator(dict(os.environ))
     if allocator is not None:
         env["PGFA_ALLOCATOR"] = allocator
     env.update(extra_env or {})
@@ -84,3 +83,9 @@ def test_a_refused_preload_is_reported_not_recorded_as_mimalloc():
     (simulated: the marker of a mimalloc re-exec without the preload)."""
     got = _probe("mimalloc", {"PGFA_ALLOCATOR_ACTIVE": "mimalloc", "PGFA_ALLOCATOR_SAVED_ENV": "{}"})
     assert not got["mimalloc"] and got["applied"] == "system (mimalloc preload failed)"
+
+
+def test_without_allocator_drops_every_setting_but_keeps_other_preloads():
+    env = {"HOME": "/h", "PGFA_ALLOCATOR": "mimalloc", "PGFA_ALLOCATOR_ACTIVE": "mimalloc",
+           "LD_PRELOAD": "/x/libmimalloc.so /y/libother.so", **runtime.GLIBC_KEEP_ENV, **runtime.MIMALLOC_OPTIONS}
+    assert runtime.without_allocator(env) == {"HOME": "/h", "LD_PRELOAD": "/y/libother.so"}
