@@ -19,7 +19,7 @@ from experiments import dbserver, observers
 from experiments import train as train_module
 from experiments.dbserver import TrackingError
 from experiments.observers import TrackingObserver
-from experiments.runtime import default_allocator
+from experiments.runtime import applied_allocator, default_allocator
 from experiments.sync import sync
 from experiments.tracking import OUTPUT_LIMIT
 from main import ex
@@ -53,13 +53,15 @@ def artifact(db, doc, name) -> bytes:
     return gridfs.GridFS(db).get(file_id).read()
 
 
-def assert_complete(db, doc, epochs: int = 2) -> None:
-    """Everything a finished run must have in MongoDB."""
+def assert_complete(db, doc, epochs: int = 2, allocator: str | None = None) -> None:
+    """Everything a finished run must have in MongoDB. ``allocator``: what the run's process
+    applied (default: what ``python main.py`` applies in this environment)."""
     assert doc["status"] == "COMPLETED"
     assert doc["config"]["dataset"] == "demo" and doc["config"]["epoch_num"] == epochs
     assert doc["host"]["hostname"] and doc["host"]["python_version"]
     # the allocator main.py applied (experiments/runtime.py), recorded with the run
-    assert doc["host"]["allocator"] == (os.environ.get("PGFA_ALLOCATOR") or default_allocator())
+    want = (os.environ.get("PGFA_ALLOCATOR") or default_allocator()) if allocator is None else allocator
+    assert doc["host"]["allocator"] == want
     sources = dict(doc["experiment"]["sources"])
     assert {"main.py", "config.py", "experiments/train.py", "module/stgcn.py"} <= set(sources)
     assert gridfs.GridFS(db).get(sources["experiments/train.py"]).read() == \
@@ -221,7 +223,7 @@ def test_offline_run_then_sync_uploads_exactly_once(tracking, text_root, tmp_pat
     assert [r for r, _ in first["uploaded"]] == [record]
     run_id = first["uploaded"][0][1]
     db = database(target.url)
-    assert_complete(db, record_of(db, run_id))
+    assert_complete(db, record_of(db, run_id), allocator=applied_allocator())  # ran in this process
     assert record_of(db, run_id)["config"]["offline"] is True
 
     assert sync(target)["uploaded"] == []  # already uploaded: nothing to do
