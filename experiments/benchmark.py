@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -47,6 +48,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
 
 from experiments.runtime import allocator_env, default_allocator, mimalloc_loaded, without_allocator
 
@@ -157,10 +159,29 @@ def _ceiling_step(device: torch.device, tiny: bool):
     return run, list(layouts), flops
 
 
-def _count_flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+def conv_flops(out_numel: int, weight_shape, passes: int = 1) -> int:
+    """FLOPs (2 per multiply-add) of a convolution with this many outputs and this weight shape
+    ``(C_out, C_in / groups, *kernel)``; each gradient of its backward (input, weight) costs one more pass."""
+    return 2 * out_numel * math.prod(weight_shape[1:]) * passes
 
-    with FlopCounterMode(display=False) as counter:
+
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
+                         output_padding, groups, output_mask, out_shape=None, **kwargs) -> int:
+    # torch's own formula (torch.utils.flop_counter, 2.13) counts the weight gradient of a grouped
+    # convolution `groups` times over (a depthwise convolution's by the number of channels)
+    if transposed:
+        return conv_backward_flop(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
+                                  output_padding, groups, output_mask, out_shape)
+    return conv_flops(math.prod(grad_out_shape), w_shape, int(output_mask[0]) + int(output_mask[1]))
+
+
+def flop_counter() -> FlopCounterMode:
+    """``FlopCounterMode`` with grouped convolutions' backward counted correctly."""
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flops})
+
+
+def _count_flops(fn) -> int:
+    with flop_counter() as counter:
         fn()
     return int(counter.get_total_flops())
 

@@ -26,3 +26,74 @@ def test_benchmark_group_prints_every_row_against_the_ceiling():
     assert all(r.peak_rss_mib > 0 for r in rows)
     # each worker runs with the allocator its row names
     assert [r.info["mimalloc_loaded"] for r in rows[1:]] == [False, default == "mimalloc", default == "mimalloc"]
+
+
+def _conv_flops(model, x, counter=None):
+    """Convolution FLOPs of one forward + backward: from profiler events (experiments.breakdown),
+    and by the FLOP counter (the benchmark's, unless another is given)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from experiments.benchmark import flop_counter
+    from experiments.breakdown import split_events
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        model(x).square().sum().backward()
+    convs, _ = split_events(prof.events())
+    with counter or flop_counter() as c:
+        model(x).square().sum().backward()
+    counted = sum(v for k, v in c.get_flop_counts()["Global"].items() if "convolution" in str(k))
+    return convs, sum(g.flops for g in convs.values()), counted
+
+
+def test_convolution_flops_from_profiler_events_and_from_the_counter_agree():
+    """Strides, padding, dilation, groups, and a first layer whose input needs no gradient."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, (9, 1), (2, 1), (4, 0)), nn.ReLU(),
+                          nn.Conv2d(8, 12, 3, padding=2, dilation=2, groups=4), nn.BatchNorm2d(12),
+                          nn.Conv2d(12, 6, 1, stride=(1, 2)))
+    x = torch.randn(2, 3, 17, 5)                      # no gradient: the first conv computes only dW
+    convs, ours, counted = _conv_flops(model, x)
+    assert counted > 0 and ours == counted
+    assert sorted(g.signature for g in convs.values()) == [(3, 8, 9, 1, 2, 1, 17, 5), (8, 12, 3, 3, 1, 4, 9, 5),
+                                                           (12, 6, 1, 1, 1, 1, 9, 5)]
+    x.requires_grad_(True)                            # now the first conv's input gradient too
+    _, ours_x, counted_x = _conv_flops(model, x)
+    assert ours_x == counted_x > counted
+
+
+def test_grouped_convolution_backward_is_counted_once_per_gradient():
+    """By hand: forward 2 * outputs * (C_in / groups) * kernel; the backward twice that. torch's
+    stock counter counts the grouped weight gradient `groups` times (why the benchmark has its own)."""
+    import torch
+    from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv = nn.Conv2d(8, 12, 3, padding=1, groups=4)
+    x = torch.randn(2, 8, 6, 5, requires_grad=True)
+    forward = 2 * (2 * 12 * 6 * 5) * 2 * 9
+    _, ours, counted = _conv_flops(conv, x)
+    assert ours == counted == 3 * forward
+    _, _, stock = _conv_flops(conv, x, FlopCounterMode(display=False))
+    assert stock == forward + forward + 4 * forward
+    plain = nn.Conv2d(8, 12, 3, padding=1)            # groups = 1: the same as torch's count
+    assert _conv_flops(plain, x)[2] == _conv_flops(plain, x, FlopCounterMode(display=False))[2]
+
+
+def test_breakdown_report_on_tiny_stgcn():
+    from experiments.benchmark import Spec
+    from experiments.breakdown import report
+
+    lines = report(Spec("train", "stgcn", "fast", 4, tiny=True), steps=1, top=3)
+    text = "\n".join(lines)
+    assert "conv ceiling (best layout) in this process:" in lines[1]
+    conv = next(ln for ln in lines if "convolutions, forward + backward" in ln)
+    bn = next(ln for ln in lines if "BatchNorm" in ln)
+    rest = next(ln for ln in lines if "everything else" in ln)
+    shares = [float(ln.split("%")[0].split()[-1]) for ln in (conv, bn, rest)]
+    assert abs(sum(shares) - 100) < 0.5, lines       # the three parts make the step
+    assert re.search(r"\d+ more shapes", text)        # top=3 lists three shapes, then the rest together
+    assert len(re.findall(r"bound: every convolution at the ceiling's speed", text)) == 2
