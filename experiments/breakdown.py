@@ -12,11 +12,13 @@ forward + backward, best of two layouts), then profiles a few steps with
 * every convolution shape (forward and backward; ``fwd``: the forward pass's share of its time; FLOPs
   from the recorded shapes, strides and gradient masks, 2 per multiply-add), with its
   GFLOP/s and % of the ceiling;
+* matrix products (``mm``, ``bmm``, ``addmm``, ``baddbmm``: einsum, matmul and linear layers), with
+  their FLOPs;
 * BatchNorm (forward and backward);
 * everything else: elementwise passes, copies, the loss, the optimiser, autograd.
 
-It ends with two bounds: the % of ceiling the step would reach if every convolution ran at
-the ceiling's speed and everything else took what it takes now, once with the FLOPs this
+It ends with two bounds: the % of ceiling the step would reach if every convolution and
+matrix product ran at the ceiling's speed and everything else took what it takes now, once with the FLOPs this
 formulation executes and once with the model's FLOPs (what the reference formulation
 executes). Profiling adds some overhead; the unprofiled step time is printed for comparison.
 """
@@ -36,6 +38,7 @@ from experiments.benchmark import Spec, _ceiling_step, _count_flops, _eval_step,
 from experiments.runtime import applied_allocator, ensure_allocator_settings
 
 CONV_FORWARD, CONV_BACKWARD = "aten::convolution", "aten::convolution_backward"
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 CEILING_SIGNATURE = (256, 256, 9, 1, 1, 1, 13, 25)  # in, out, kh, kw, stride, groups, in H, in W
 
 
@@ -47,7 +50,6 @@ class ConvGroup:
     forward_us: float = 0.0
     backward_us: float = 0.0
     flops: int = 0
-    batches: set[int] = field(default_factory=set)
 
     def label(self) -> str:
         ci, co, kh, kw, s, g, h, w = self.signature
@@ -60,8 +62,8 @@ def _out_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> i
     return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def conv_event_flops(name: str, shapes: list, args: list) -> tuple[tuple[int, ...], int, int]:
-    """(signature, FLOPs, batch) of one ``aten::convolution`` / ``aten::convolution_backward``
+def conv_event_flops(name: str, shapes: list, args: list) -> tuple[tuple[int, ...], int]:
+    """(signature, FLOPs) of one ``aten::convolution`` / ``aten::convolution_backward``
     profiler event, from its recorded input shapes and concrete arguments (2-d convolutions)."""
     if name == CONV_FORWARD:
         (n, ci, h, w), (co, _, kh, kw) = shapes[0], shapes[1]
@@ -76,7 +78,25 @@ def conv_event_flops(name: str, shapes: list, args: list) -> tuple[tuple[int, ..
         flops = conv_flops(math.prod(grad_out), shapes[2], int(mask[0]) + int(mask[1]))  # input, weight gradients
     else:
         raise ValueError(f"not a convolution event: {name}")
-    return (ci, co, kh, kw, stride[0], groups, h, w), flops, n
+    return (ci, co, kh, kw, stride[0], groups, h, w), flops
+
+
+def matmul_event_flops(name: str, shapes: list) -> int:
+    """FLOPs (2 per multiply-add) of one ``mm`` / ``addmm`` / ``bmm`` / ``baddbmm`` event."""
+    a, b = shapes[1:3] if name in ("aten::addmm", "aten::baddbmm") else shapes[0:2]  # addmm: (bias, a, b, beta, alpha)
+    if name in ("aten::mm", "aten::addmm"):
+        return 2 * a[0] * a[1] * b[1]
+    return 2 * a[0] * a[1] * a[2] * b[2]
+
+
+@dataclass
+class StepParts:
+    """The profiled time (microseconds, over all profiled steps) of a step's parts."""
+
+    convs: dict[tuple, ConvGroup] = field(default_factory=dict)
+    matmul_us: float = 0.0
+    matmul_flops: int = 0
+    batch_norm_us: float = 0.0
 
 
 def _has_ancestor(event, names: tuple[str, ...]) -> bool:
@@ -88,26 +108,28 @@ def _has_ancestor(event, names: tuple[str, ...]) -> bool:
     return False
 
 
-def split_events(events) -> tuple[dict[tuple, ConvGroup], float]:
-    """Convolution groups by signature and the BatchNorm time (microseconds, summed over the
-    events), counting only outermost events so that nothing is counted twice."""
-    convs: dict[tuple, ConvGroup] = {}
-    batch_norm_us = 0.0
+def split_events(events) -> StepParts:
+    """Convolutions by signature, matrix products and BatchNorm, counting only outermost
+    events so that nothing is counted twice."""
+    parts = StepParts()
     for e in events:
         if e.name in (CONV_FORWARD, CONV_BACKWARD):
             if _has_ancestor(e, ("convolution",)):
                 continue
-            sig, flops, n = conv_event_flops(e.name, e.input_shapes, e.concrete_inputs)
-            group = convs.setdefault(sig, ConvGroup(sig))
+            sig, flops = conv_event_flops(e.name, e.input_shapes, e.concrete_inputs)
+            group = parts.convs.setdefault(sig, ConvGroup(sig))
             group.flops += flops
-            group.batches.add(n)
             if e.name == CONV_FORWARD:
                 group.forward_us += e.cpu_time_total
             else:
                 group.backward_us += e.cpu_time_total
+        elif e.name in MATMULS:
+            if not _has_ancestor(e, ("convolution", *MATMULS)):
+                parts.matmul_us += e.cpu_time_total
+                parts.matmul_flops += matmul_event_flops(e.name, e.input_shapes)
         elif "batch_norm" in e.name and not _has_ancestor(e, ("batch_norm", "convolution")):
-            batch_norm_us += e.cpu_time_total
-    return convs, batch_norm_us
+            parts.batch_norm_us += e.cpu_time_total
+    return parts
 
 
 def ceiling_gflops(device: torch.device, tiny: bool, repeats: int = 3) -> float:
@@ -143,12 +165,15 @@ def report(spec: Spec, steps: int = 3, top: int = 14) -> list[str]:
             t0 = time.perf_counter()
             fn()
             walls.append(time.perf_counter() - t0)
-    convs, bn_us = split_events(prof.events())
+    parts = split_events(prof.events())
+    convs = parts.convs
     step_ms = sum(walls) / steps * 1e3
     conv_ms = sum(g.forward_us + g.backward_us for g in convs.values()) / steps / 1e3
     conv_flops = sum(g.flops for g in convs.values()) / steps
-    bn_ms = bn_us / steps / 1e3
-    rest_ms = step_ms - conv_ms - bn_ms
+    mm_ms, mm_flops = parts.matmul_us / steps / 1e3, parts.matmul_flops / steps
+    bn_ms = parts.batch_norm_us / steps / 1e3
+    rest_ms = step_ms - conv_ms - mm_ms - bn_ms
+    both = "forward + backward" if spec.kind == "train" else "forward"
 
     def pct_ceil(flops: float, ms: float) -> str:
         return f"{flops / (ms / 1e3) / 1e9 / ceiling * 100:5.1f}%" if ms > 0 else "    -"
@@ -166,7 +191,7 @@ def report(spec: Spec, steps: int = 3, top: int = 14) -> list[str]:
         gf = f" {flops / 1e9:7.1f} {flops / (ms / 1e3) / 1e9:8.1f} {pct_ceil(flops, ms):>7s}" if flops else ""
         return f"  {label:50s} {ms:8.1f} {ms / step_ms * 100:5.1f}% {fwd:>4s}{gf}".rstrip()
 
-    lines.append(row("convolutions, forward + backward", conv_ms, conv_flops))
+    lines.append(row(f"convolutions, {both}", conv_ms, conv_flops))
     ranked = sorted(convs.values(), key=lambda g: -(g.forward_us + g.backward_us))
     for g in ranked[:top]:
         ms = (g.forward_us + g.backward_us) / steps / 1e3
@@ -176,14 +201,16 @@ def report(spec: Spec, steps: int = 3, top: int = 14) -> list[str]:
         rest = ranked[top:]
         ms = sum(g.forward_us + g.backward_us for g in rest) / steps / 1e3
         lines.append(row(f"  {len(rest)} more shapes", ms, sum(g.flops for g in rest) / steps))
-    lines.append(row("BatchNorm, forward + backward", bn_ms, None))
-    lines.append(row("everything else (elementwise, copies, optimiser)", rest_ms, None))
+    lines.append(row(f"matrix products, {both}", mm_ms, mm_flops))
+    lines.append(row(f"BatchNorm, {both}", bn_ms, None))
+    lines.append(row("everything else (elementwise, copies" + (", optimiser)" if spec.kind == "train" else ")"),
+                     rest_ms, None))
     ceiling_share = sum(g.flops for g in convs.values() if g.signature == CEILING_SIGNATURE) / steps / model_flops
     lines.append(f"  the ceiling-shaped convolution: {ceiling_share * 100:.0f}% of the model's FLOPs")
     other_ms = bn_ms + rest_ms
-    for what, flops in (("executed", conv_flops), ("model", model_flops)):
+    for what, flops in (("executed", conv_flops + mm_flops), ("model", model_flops)):
         ideal_ms = flops / (ceiling * 1e9) * 1e3 + other_ms
-        lines.append(f"  bound: every convolution at the ceiling's speed ({what} FLOPs), the rest as now: "
+        lines.append(f"  bound: convolutions and products at the ceiling's speed ({what} FLOPs), the rest as now: "
                      f"{ideal_ms:.0f} ms per step, {pct_ceil(model_flops, ideal_ms).strip()} of ceiling")
     return lines
 

@@ -39,7 +39,7 @@ def _conv_flops(model, x, counter=None):
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         model(x).square().sum().backward()
-    convs, _ = split_events(prof.events())
+    convs = split_events(prof.events()).convs
     with counter or flop_counter() as c:
         model(x).square().sum().backward()
     counted = sum(v for k, v in c.get_flop_counts()["Global"].items() if "convolution" in str(k))
@@ -83,6 +83,32 @@ def test_grouped_convolution_backward_is_counted_once_per_gradient():
     assert _conv_flops(plain, x)[2] == _conv_flops(plain, x, FlopCounterMode(display=False))[2]
 
 
+def test_matrix_product_flops_from_profiler_events_and_from_the_counter_agree():
+    import torch
+    from torch import nn
+    from torch.profiler import ProfilerActivity, profile
+
+    from experiments.benchmark import flop_counter
+    from experiments.breakdown import split_events
+
+    lin = nn.Linear(6, 5)
+    a = torch.randn(4, 3, 7, requires_grad=True)
+    b = torch.randn(4, 7, 6, requires_grad=True)
+    w = torch.randn(5, 5, requires_grad=True)
+
+    def step():
+        y = lin(torch.bmm(a, b))                      # bmm, then addmm over (12, 6) rows
+        (torch.einsum("nij,jk->nik", y, w) ** 2).sum().backward()
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    parts = split_events(prof.events())
+    with flop_counter() as c:
+        step()
+    counted = sum(v for k, v in c.get_flop_counts()["Global"].items() if "mm" in str(k))
+    assert parts.matmul_flops == counted > 0 and parts.matmul_us > 0 and not parts.convs
+
+
 def test_breakdown_report_on_tiny_stgcn():
     from experiments.benchmark import Spec
     from experiments.breakdown import report
@@ -91,9 +117,10 @@ def test_breakdown_report_on_tiny_stgcn():
     text = "\n".join(lines)
     assert "conv ceiling (best layout) in this process:" in lines[1]
     conv = next(ln for ln in lines if "convolutions, forward + backward" in ln)
+    mm = next(ln for ln in lines if "matrix products, forward + backward" in ln)
     bn = next(ln for ln in lines if "BatchNorm" in ln)
     rest = next(ln for ln in lines if "everything else" in ln)
-    shares = [float(ln.split("%")[0].split()[-1]) for ln in (conv, bn, rest)]
-    assert abs(sum(shares) - 100) < 0.5, lines       # the three parts make the step
+    shares = [float(ln.split("%")[0].split()[-1]) for ln in (conv, mm, bn, rest)]
+    assert abs(sum(shares) - 100) < 0.5, lines       # the four parts make the step
     assert re.search(r"\d+ more shapes", text)        # top=3 lists three shapes, then the rest together
-    assert len(re.findall(r"bound: every convolution at the ceiling's speed", text)) == 2
+    assert len(re.findall(r"bound: convolutions and products at the ceiling's speed", text)) == 2
