@@ -186,6 +186,13 @@ def _count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
+def cpu_description() -> str:
+    """The CPU and the vector width the kernels use (ratios to the ceiling depend on it)."""
+    text = f"{platform.processor() or platform.machine()}, {torch.backends.cpu.get_cpu_capability()}"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return text + (f", ONEDNN_MAX_CPU_ISA={cap}" if cap else "")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -445,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     load0 = os.getloadavg()
-    dev_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    dev_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_description()
     header = (f"torch {torch.__version__}, {args.device} ({dev_name}), {torch.get_num_threads()} threads, "
               f"{os.cpu_count()} CPUs; median of {rounds} interleaved rounds; "
               f"load average at start {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from experiments.benchmark import Spec, _ceiling_step, _count_flops, _eval_step, _train_step, conv_flops
+from experiments.benchmark import (Spec, _ceiling_step, _count_flops, _eval_step, _train_step, conv_flops,
+                                   cpu_description)
 from experiments.runtime import applied_allocator, ensure_allocator_settings
 
 CONV_FORWARD, CONV_BACKWARD = "aten::convolution", "aten::convolution_backward"
@@ -179,7 +180,8 @@ def report(spec: Spec, steps: int = 3, top: int = 14) -> list[str]:
         return f"{flops / (ms / 1e3) / 1e9 / ceiling * 100:5.1f}%" if ms > 0 else "    -"
 
     allocator = applied_allocator() or "none applied"
-    lines = [f"{spec.name().split(' malloc=')[0]} (allocator: {allocator}), {torch.get_num_threads()} threads: "
+    cpu = cpu_description() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    lines = [f"{spec.name().split(' malloc=')[0]} on {cpu} (allocator: {allocator}), {torch.get_num_threads()} threads: "
              f"{step_ms:.0f} ms per profiled step, {statistics.median(plain) * 1e3:.0f} ms unprofiled "
              f"(median of {steps})",
              f"  conv ceiling (best layout) in this process: {ceiling:.1f} GFLOP/s; "

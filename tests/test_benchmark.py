@@ -115,6 +115,9 @@ def test_breakdown_report_on_tiny_stgcn():
 
     lines = report(Spec("train", "stgcn", "fast", 4, tiny=True), steps=1, top=3)
     text = "\n".join(lines)
+    import torch
+
+    assert f", {torch.backends.cpu.get_cpu_capability()} (allocator: " in lines[0]  # the vector width the kernels use
     assert "conv ceiling (best layout) in this process:" in lines[1]
     conv = next(ln for ln in lines if "convolutions, forward + backward" in ln)
     mm = next(ln for ln in lines if "matrix products, forward + backward" in ln)
