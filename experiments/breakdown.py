@@ -69,16 +69,16 @@ def conv_event_flops(name: str, shapes: list, args: list) -> tuple[tuple[int, ..
     if name == CONV_FORWARD:
         (n, ci, h, w), (co, _, kh, kw) = shapes[0], shapes[1]
         stride, pad, dil, transposed, groups = args[3], args[4], args[5], args[6], args[8]
-        if transposed:
-            raise ValueError("transposed convolutions are not counted")
         out = n * co * _out_size(h, kh, stride[0], pad[0], dil[0]) * _out_size(w, kw, stride[1], pad[1], dil[1])
         flops = conv_flops(out, shapes[1])
     elif name == CONV_BACKWARD:
         grad_out, (n, ci, h, w), (co, _, kh, kw) = shapes[0], shapes[1], shapes[2]
-        stride, groups, mask = args[4], args[9], args[10]
+        stride, transposed, groups, mask = args[4], args[7], args[9], args[10]
         flops = conv_flops(math.prod(grad_out), shapes[2], int(mask[0]) + int(mask[1]))  # input, weight gradients
     else:
         raise ValueError(f"not a convolution event: {name}")
+    if transposed:
+        raise ValueError("transposed convolutions are not counted")
     return (ci, co, kh, kw, stride[0], groups, h, w), flops
 
 
