@@ -29,7 +29,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -146,26 +146,28 @@ def ceiling_gflops(device: torch.device, tiny: bool, repeats: int = 3) -> float:
     return flops / best / 1e9
 
 
+def _timed(fn, steps: int) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``fn``."""
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 def report(spec: Spec, steps: int = 3, top: int = 14) -> list[str]:
     """Profile ``steps`` steps of the configuration; the printed lines."""
     device = torch.device(spec.device)
     make = _train_step if spec.kind == "train" else _eval_step
     fn = make(spec, device)
     exec_flops = _count_flops(fn)                     # per step, this formulation
-    model_flops = _count_flops(make(Spec(**{**spec.__dict__, "formulation": "reference"}), device))
+    model_flops = _count_flops(make(replace(spec, formulation="reference"), device))
     ceiling = ceiling_gflops(device, spec.tiny)
     fn()
-    plain = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        plain.append(time.perf_counter() - t0)
-    walls = []
+    plain = _timed(fn, steps)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            fn()
-            walls.append(time.perf_counter() - t0)
+        walls = _timed(fn, steps)
     parts = split_events(prof.events())
     convs = parts.convs
     step_ms = sum(walls) / steps * 1e3
@@ -180,8 +182,7 @@ def report(spec: Spec, steps: int = 3, top: int = 14) -> list[str]:
         return f"{flops / (ms / 1e3) / 1e9 / ceiling * 100:5.1f}%" if ms > 0 else "    -"
 
     allocator = applied_allocator() or "none applied"
-    cpu = cpu_description() if device.type == "cpu" else torch.cuda.get_device_name(device)
-    lines = [f"{spec.name().split(' malloc=')[0]} on {cpu} (allocator: {allocator}), {torch.get_num_threads()} threads: "
+    lines = [f"{spec.name().split(' malloc=')[0]} on {cpu_description()} (allocator: {allocator}), {torch.get_num_threads()} threads: "
              f"{step_ms:.0f} ms per profiled step, {statistics.median(plain) * 1e3:.0f} ms unprofiled "
              f"(median of {steps})",
              f"  conv ceiling (best layout) in this process: {ceiling:.1f} GFLOP/s; "
