@@ -152,7 +152,7 @@ def server_status(mongo_url):
 
 @ex.command(unobserved=True)
 def server_stop():
-    """Stop the embedded run database cleanly (SIGTERM to its recorded pid)."""
+    """Stop the embedded run database (SIGTERM to its recorded pid; SIGKILL if it has not exited after 60 s)."""
     info = dbserver.stop()
     print(f"stopped the embedded run database (pid {info.pid})" if info else "the embedded run database was not running")
 

@@ -1,10 +1,11 @@
-"""The embedded run database: start, reuse, stop, one server for concurrent starters, and
-durability of acknowledged writes across ``kill -9`` (``--sync-on-commit``)."""
+"""The embedded run database: start, reuse, stop (SIGTERM, SIGKILL when ignored), one server for
+concurrent starters, and durability of acknowledged writes across ``kill -9`` (``--sync-on-commit``)."""
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import gridfs
 import pytest
@@ -89,3 +90,23 @@ def test_unreachable_server_state_is_an_error_with_the_fix(tracking):
             dbserver.ensure_running()
     finally:
         os.kill(info.pid, signal.SIGCONT)
+    # Right after SIGCONT the server sometimes takes a SIGTERM and keeps serving (CI saw a
+    # 60 s hang here): stop() repeats the SIGTERM, and this stop has to be the clean one.
+    assert dbserver.stop(nudge_every=2.0) == info and not dbserver.pid_alive(info.pid)
+    assert "killed it" not in Path(info.log).read_text()
+
+
+def test_stop_kills_a_server_that_ignores_sigterm_and_loses_no_write(tracking, capsys):
+    """A server that does not exit on SIGTERM within the timeout is killed, the kill is logged
+    and reported, and the acknowledged writes are still there on the next start."""
+    info = dbserver.ensure_running()
+    database(info.url).probe.insert_one({"_id": 1, "kept": True})
+    os.kill(info.pid, signal.SIGSTOP)  # a stopped process cannot act on SIGTERM; SIGKILL still ends it
+    t0 = time.monotonic()
+    assert dbserver.stop(timeout=1.5, nudge_every=0.5) == info
+    assert 1.5 <= time.monotonic() - t0 < 15 and not dbserver.pid_alive(info.pid)
+    assert dbserver.status() is None and not (tracking / "server.json").exists()
+    assert f"pid {info.pid}) did not exit within 1.5 s of SIGTERM; killed it" in Path(info.log).read_text()
+    assert "killed it (SIGKILL" in capsys.readouterr().err
+    back = dbserver.ensure_running()
+    assert database(back.url).probe.find_one({"_id": 1}) == {"_id": 1, "kept": True}
