@@ -311,18 +311,16 @@ def stop(base: Path | None = None, timeout: float = 60.0, nudge_every: float = 5
         if not (pid_alive(info.pid) and _serves_folder(info.pid, info.storage)):
             p["state"].unlink()
             return None
-        t0 = nudged = time.monotonic()
-        with contextlib.suppress(ProcessLookupError):  # it may have exited since the check
-            _signal_main_thread(info.pid, signal.SIGTERM)
+        t0, sent = time.monotonic(), None
         while pid_alive(info.pid):
             now = time.monotonic()
             if now - t0 > timeout:
                 _kill_unresponsive(info, timeout)
                 break
-            if now - nudged > nudge_every:
-                with contextlib.suppress(ProcessLookupError):
+            if sent is None or now - sent > nudge_every:
+                with contextlib.suppress(ProcessLookupError):  # it may have exited since the check
                     _signal_main_thread(info.pid, signal.SIGTERM)
-                nudged = now
+                sent = now
             time.sleep(0.1)
         p["state"].unlink()
         return info
