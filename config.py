@@ -5,17 +5,25 @@ validation classes, the data paths, the graph layout, the text dimension and the
 dataset's paper hyper-parameters (lr, support_factor), so that
 ``python main.py with dataset=ntu120 split=4`` switches all of them at once. Any
 entry can still be overridden on the command line; unknown keys are refused.
+
+Building the configuration is pure: it reads only small static data (the dataset
+catalog, the split lists, a local text model's config file) and imports no framework.
+The one step that reads a checkpoint (``train_mode="test"``) runs when a run starts
+(``Experiment.run``), and what it applies is recorded in the run's config.
 """
 from __future__ import annotations
 
-from sacred import Experiment, Ingredient
+import sacred
+from sacred import Ingredient
 from sacred.host_info import host_info_gatherer
+from sacred.initialize import create_run
 from sacred.settings import SETTINGS
 
-from data.catalog import DATA_DIR, TRACKS, dataset_splits, default_split, draw_val_classes, get_dataset, split_spec
-from experiments.checkpoints import checkpoint_config, model_entries
+from data.catalog import TRACKS, dataset_splits, default_split, draw_val_classes, get_dataset, split_spec
+from experiments.files import DATA_DIR
 from experiments.runtime import applied_allocator
-from experiments.tracking import clean_output, experiment_logger, plain, project_sources
+from experiments.tracking.output import clean_output, experiment_logger, plain, project_sources
+from module.defaults import model_defaults
 from text.models import text_dim as _text_dim
 
 SETTINGS.CAPTURE_MODE = "sys"  # capture the run's output without a pseudo-terminal
@@ -93,10 +101,28 @@ def _allocator() -> str:
     return applied_allocator()
 
 
+class Experiment(sacred.Experiment):
+    """Sacred's Experiment with one explicit step before a training-command run: for
+    ``train_mode="test"``, the checkpoint's model entries (and its dataset and split, where
+    the command gives none) become config updates of the run, so the recorded config
+    describes the evaluated model (``experiments.train.checkpoints.checkpoint_updates``)."""
+
+    def run(self, command_name=None, config_updates=None, named_configs=(), info=None, meta_info=None,
+            options=None):
+        updates = dict(config_updates or {})
+        if (command_name or self.default_command) == self.default_command:
+            cfg = create_run(self, "print_config", updates, named_configs=named_configs).config
+            if cfg["train_mode"] == "test":
+                from experiments.train.checkpoints import checkpoint_updates  # torch: only for this track
+
+                updates.update(checkpoint_updates(cfg["checkpoint"], cfg["mongo_url"], updates, cfg["dataset"]))
+        return super().run(command_name, updates, named_configs, info, meta_info, options)
+
+
 ex = Experiment("pgfa", ingredients=[raw, new_split, sweep, report], save_git_info=False,
                 additional_host_info=[_allocator])
 ex.logger = experiment_logger()  # its lines land in the captured output too
-ex.captured_out_filter = clean_output  # progress-bar redraws resolved, output capped (experiments/tracking.py)
+ex.captured_out_filter = clean_output  # progress-bar redraws resolved, output capped (experiments/tracking/output.py)
 for _source in project_sources():
     ex.add_source_file(str(_source))
 
@@ -105,8 +131,6 @@ for _source in project_sources():
 # One-shot (PGFA/SkeletonX): 100 epochs in the original (the demo keeps its own short schedule).
 TRACK_DEFAULTS: dict[str, dict] = {"main": {}, "sota": {"backbone": "shiftgcn", "max_frame": 64},
                                    "test": {}, "one_shot": {"epoch_num": 100}}
-# Defaults that follow the backbone (override any of them with `with ...`).
-BACKBONE_DEFAULTS: dict[str, dict] = {"stgcn": {"hidden_channels": 16}, "shiftgcn": {"hidden_channels": 64}}
 
 
 def check_track_split(train_mode: str, dataset: str, split: str | int, data_root: str | None = None) -> None:
@@ -127,16 +151,15 @@ def config():
     train_mode = "main"  # main (Setting 1) | sota (Setting 2) | test (evaluate a checkpoint) | one_shot
     if train_mode not in TRACKS:
         raise ValueError(f"unknown train_mode {train_mode!r}; choose one of {list(TRACKS)}")
-    # Where the run is recorded (experiments/observers.py). Credentials never reach the stored config.
+    # Where the run is recorded (experiments/tracking/observer.py). Credentials never reach the stored config.
     mongo_url = ""  # "" = $PGFA_MONGO_URL if set, else the embedded server; or mongodb://user:pass@host:port/db
     offline = False  # True: record locally only; `python main.py sync` uploads to MongoDB later
     checkpoint = ""  # train_mode="test": a best.pt, a run folder, or the id of a run recorded in MongoDB
-    # test mode: the checkpoint's training config gives the model entries and the default dataset/split
-    _ck = checkpoint_config(checkpoint, mongo_url) if train_mode == "test" else {}
+    # (test mode: the checkpoint's model entries, dataset and split are applied when the run starts)
 
-    dataset = _ck.get("dataset", "demo")  # demo | ntu60 | ntu120 | pku | utd_mhad | nw_ucla | a generic dataset
+    dataset = "demo"  # demo | ntu60 | ntu120 | pku | utd_mhad | nw_ucla | a generic dataset
     data_root = str(DATA_DIR)  # arrays in <data_root>/zeroshot/<dataset>/split_<k>, texts in <data_root>/language
-    split = _ck["split"] if _ck.get("dataset") == dataset else default_split(dataset, train_mode, data_root)
+    split = default_split(dataset, train_mode, data_root)
     seed = 0
     device = "auto"  # auto = cuda if available, else cpu
     tag = ""  # a label for this run's variant (sweeps set it; the results table groups by it)
@@ -144,7 +167,7 @@ def config():
     _spec = get_dataset(dataset, data_root)
     _split = split_spec(dataset, split, data_root)
     check_track_split(train_mode, dataset, split, data_root)
-    _d = {**TRACK_DEFAULTS[train_mode], **_spec.defaults, **model_entries(_ck)}
+    _d = {**TRACK_DEFAULTS[train_mode], **_spec.defaults}
 
     max_frame = _d.get("max_frame", _spec.frames)  # T the model sees; other lengths are resampled
     unseen_classes = list(_split["unseen"])
@@ -155,20 +178,20 @@ def config():
     resume = ""  # a run folder holding last.pt: continue that run where it stopped (same config)
 
     backbone = _d.get("backbone", "stgcn")  # stgcn | shiftgcn (module/registry.py)
-    _b = BACKBONE_DEFAULTS.get(backbone, {})
-    in_channels = _d.get("in_channels", 3)
-    hidden_channels = _d.get("hidden_channels", _b.get("hidden_channels", 16))  # ST-GCN 16, Shift-GCN 64
-    out_channels = _d.get("out_channels", 256)  # skeleton embedding size before the projection head
-    dropout = _d.get("dropout", 0.5)
-    graph_layout = _d.get("graph_layout", _spec.layout)
-    graph_strategy = _d.get("graph_strategy", "spatial")
-    max_hop = _d.get("max_hop", 1)
-    edge_importance = _d.get("edge_importance", True)
-    temporal_kernel = _d.get("temporal_kernel", 9)
-    num_person = _d.get("num_person", _spec.num_person)  # M the model is built for (Shift-GCN's input BatchNorm)
-    shift_impl = "auto"  # Shift-GCN temporal shift: auto (CUDA kernel on a GPU, else reference) | cuda | ref
-    shift_pos_grad = "constrained"  # constrained (the original's sign steps) | exact (the true derivative)
-    formulation = "fast"  # fast | reference: the same backbone math, straightforwardly formulated (same parameters)
+    _m = {**model_defaults(backbone), "graph_layout": _spec.layout, "num_person": _spec.num_person, **_d}
+    in_channels = _m["in_channels"]
+    hidden_channels = _m["hidden_channels"]  # module/defaults.py: ST-GCN 16, Shift-GCN 64
+    out_channels = _m["out_channels"]  # skeleton embedding size before the projection head
+    dropout = _m["dropout"]
+    graph_layout = _m["graph_layout"]
+    graph_strategy = _m["graph_strategy"]
+    max_hop = _m["max_hop"]
+    edge_importance = _m["edge_importance"]
+    temporal_kernel = _m["temporal_kernel"]
+    num_person = _m["num_person"]  # M the model is built for (Shift-GCN's input BatchNorm)
+    shift_impl = _m["shift_impl"]  # Shift-GCN temporal shift: auto (CUDA kernel for CUDA tensors, else dwconv) | cuda | dwconv | ref
+    shift_pos_grad = _m["shift_pos_grad"]  # constrained (the original's sign steps) | exact (the true derivative)
+    formulation = _m["formulation"]  # fast | plain: the same backbone math, straightforwardly formulated (same parameters)
     precision = "fp32"  # fp32 | bf16 (forward under bfloat16 autocast, on CPU or CUDA; float32 weights and loss)
     data_on_device = "auto"  # auto (keep the arrays on the GPU when they fit) | True | False
 
@@ -197,7 +220,7 @@ def config():
     monitor_unseen = True  # log unseen top-1 per epoch (monitoring only, never used for selection)
 
     DA = True  # apply PGFA's prototype-guided text feature alignment at test time
-    support_factor = _d.get("support_factor", 0.9)
+    support_factor = _d.get("support_factor", 0.9)  # the fraction of each predicted class a prototype averages
     min_support = 1
     entropy_scale = 1.0
 
@@ -205,24 +228,24 @@ def config():
     gzsl_holdout = 0.1  # gzsl: fraction of each training class held out of training to calibrate gamma
     exemplar_seed = 0  # one_shot: draws the one labelled exemplar of each novel class (recorded in the result)
     one_shot_text_weight = 0.5  # one_shot "combined": prototype = (1 - w) exemplar + w text (unit vectors)
-    del _spec, _split, _d, _b, _ck
+    del _spec, _split, _d, _m
 
 
 @ex.named_config
 def ntu60():
-    """NTU RGB+D 60, Setting 1 (support_factor 0.9, lr 0.05)."""
+    """NTU RGB+D 60, Setting 1 (its paper settings: data/catalog.py)."""
     dataset = "ntu60"
 
 
 @ex.named_config
 def ntu120():
-    """NTU RGB+D 120, Setting 1 (support_factor 0.4, lr 0.005)."""
+    """NTU RGB+D 120, Setting 1 (its paper settings: data/catalog.py)."""
     dataset = "ntu120"
 
 
 @ex.named_config
 def pku():
-    """PKU-MMD I, Setting 1 (support_factor 1.0, lr 0.05)."""
+    """PKU-MMD I, Setting 1 (its paper settings: data/catalog.py)."""
     dataset = "pku"
 
 

@@ -19,36 +19,30 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from config import ex, sweep_settings
-from data import demo, generic
-from data import prepare as prepare_data
-from data.catalog import get_dataset
-from data.split_builder import build_splits, register_splits
-from descriptions import available_datasets, text_kinds
-from experiments import dbserver
-from experiments import omniboard as board
-from experiments.observers import MONGO_URL_ENV, connect, resolve_target
-from experiments.report import aggregate, fetch_runs, write_report
-from experiments.runtime import ensure_allocator_settings
-from experiments.sweep import grid as sweep_grid
-from experiments.sweep import run_sweep, summarize_points
-from experiments.sync import sync as sync_records
-from experiments.tracking import SacredTracker, attach_observers, interrupt_on_sigterm, plain, redact, redact_text
-from experiments.train import run_test, run_zero_shot
-from text import embeddings as text_embeddings
-from text.models import MODELS
+from experiments.tracking.output import interrupt_on_sigterm
+
+# Heavy modules (torch, the text models, the database client) are imported inside the commands
+# that use them, so `--help` and `print_config` answer in a few seconds.
 
 # One loop for every training track; tracks differ by config (config.py: TRACK_DEFAULTS).
-TRACK_RUNNERS = {"main": run_zero_shot, "sota": run_zero_shot, "one_shot": run_zero_shot, "test": run_test}
+TRACK_RUNNERS = {"main": "run_zero_shot", "sota": "run_zero_shot", "one_shot": "run_zero_shot", "test": "run_test"}
+# Commands that train or evaluate models: they run under the project's allocator (experiments/runtime.py).
+HEAVY_COMMANDS = {"run"}
 
 
 @ex.main
 def run(_config, _run):
     """Train and evaluate the configured track; the result dict is the run's result."""
-    mode = _config["train_mode"]
+    from experiments.tracking.output import plain, redact
+    from experiments.tracking.tracker import SacredTracker
+    from experiments.train import tracks
+
     tracker = SacredTracker(_run)
-    result = TRACK_RUNNERS[mode](redact(plain(_config)), tracker)  # the checkpoint stores this config
+    runner = getattr(tracks, TRACK_RUNNERS[_config["train_mode"]])
+    result = runner(redact(plain(_config)), tracker)  # the checkpoint stores this config
     tracker.summarize(result)
     return result
 
@@ -56,6 +50,9 @@ def run(_config, _run):
 @ex.command(unobserved=True)
 def embed(dataset, text_kind, text_model, data_root):
     """(Re)build the text embeddings of one dataset / text kind / model."""
+    from data.catalog import get_dataset
+    from text import embeddings as text_embeddings
+
     path = text_embeddings.build(data_root, dataset, text_kind, text_model,
                                  get_dataset(dataset, data_root).num_classes)
     print(f"wrote {path}")
@@ -65,6 +62,11 @@ def embed(dataset, text_kind, text_model, data_root):
 @ex.command(unobserved=True)
 def embed_all(data_root):
     """(Re)build the embeddings of every dataset with class texts, every text kind, every model."""
+    from data.catalog import get_dataset
+    from descriptions import available_datasets, text_kinds
+    from text import embeddings as text_embeddings
+    from text.models import MODELS
+
     written = []
     for ds in available_datasets(data_root):
         for kind in text_kinds(ds, data_root):
@@ -77,7 +79,10 @@ def embed_all(data_root):
 
 @ex.command(unobserved=True)
 def prepare(dataset, data_root, raw):
-    """Raw files of ``dataset`` → prepared samples → every zero-shot split folder (README: Preparing datasets)."""
+    """Raw files of ``dataset`` → prepared samples → every zero-shot split folder (docs/datasets.md)."""
+    from data import prepare as prepare_data
+    from experiments.tracking.output import plain
+
     return prepare_data.prepare_dataset(dataset, data_root, plain(raw))
 
 
@@ -85,6 +90,11 @@ def prepare(dataset, data_root, raw):
 def prepare_generic(data_root, raw, new_split):
     """Register a dataset in the generic format (raw.name, raw.path, raw.layout, ...), draw its splits
     (new_split.*) and prepare it."""
+    from data import generic
+    from data import prepare as prepare_data
+    from data.split_builder import register_splits
+    from experiments.tracking.output import plain
+
     root = generic.register(data_root, raw["name"], raw["path"], raw["layout"], persons=raw["persons"],
                             origin_joint=raw["origin_joint"], train_subjects=list(raw["train_subjects"]))
     print(f"registered {raw['name']} in {root}")
@@ -97,6 +107,10 @@ def prepare_generic(data_root, raw, new_split):
 def make_split(dataset, data_root, raw, new_split):
     """Register new zero-shot splits of ``dataset`` (seeded draws or explicit lists; new_split.*) and write
     them from its prepared samples."""
+    from data import prepare as prepare_data
+    from data.split_builder import register_splits
+    from experiments.tracking.output import plain
+
     splits = make_split_specs(dataset, data_root, plain(new_split))
     path = register_splits(data_root, dataset, splits)
     print(f"registered splits {list(splits)} in {path}")
@@ -106,6 +120,9 @@ def make_split(dataset, data_root, raw, new_split):
 
 
 def make_split_specs(dataset: str, data_root: str, opts: dict) -> dict:
+    from data.catalog import get_dataset
+    from data.split_builder import build_splits
+
     return build_splits(get_dataset(dataset, data_root).num_classes, unseen=opts["unseen"], val=opts["val"],
                         num_unseen=opts["num_unseen"], num_val=opts["num_val"],
                         seeds=[] if opts["unseen"] else opts["seeds"], ids=opts["ids"])
@@ -114,11 +131,16 @@ def make_split_specs(dataset: str, data_root: str, opts: dict) -> dict:
 @ex.command(unobserved=True)
 def prepare_demo(data_root):
     """Generate the built-in demo dataset into <data_root>/zeroshot/demo (every demo split)."""
+    from data import demo
+
     for d in demo.prepare(data_root):
         print(f"wrote {d}")
 
 
 def _embedded_only(mongo_url: str) -> None:
+    from experiments.tracking.database import MONGO_URL_ENV
+    from experiments.tracking.output import redact_text
+
     url = mongo_url or os.environ.get(MONGO_URL_ENV, "")
     if url:
         print(f"note: runs go to {redact_text(url)} (mongo_url / {MONGO_URL_ENV}), not to the embedded server")
@@ -127,6 +149,9 @@ def _embedded_only(mongo_url: str) -> None:
 @ex.command(unobserved=True)
 def install_tracking():
     """Install the embedded run database (its own venv) and Omniboard (npm) into .tools/, once."""
+    from experiments.tracking import dbserver
+    from experiments.tracking import omniboard as board
+
     print(f"SecantusDB: {dbserver.install_server()}")
     print(f"Omniboard:  {board.install()}")
 
@@ -134,6 +159,8 @@ def install_tracking():
 @ex.command(unobserved=True)
 def server_start(mongo_url):
     """Start the embedded run database (installed on first use), or report the one already running."""
+    from experiments.tracking import dbserver
+
     _embedded_only(mongo_url)
     known = dbserver.status()
     info = known or dbserver.ensure_running()
@@ -144,6 +171,8 @@ def server_start(mongo_url):
 @ex.command(unobserved=True)
 def server_status(mongo_url):
     """Whether the embedded run database runs, and where."""
+    from experiments.tracking import dbserver
+
     _embedded_only(mongo_url)
     info = dbserver.status()
     print(f"running: {info.url} (pid {info.pid}, since {info.started_at}, data {info.storage})" if info else
@@ -153,6 +182,8 @@ def server_status(mongo_url):
 @ex.command(unobserved=True)
 def server_stop():
     """Stop the embedded run database (SIGTERM to its recorded pid; SIGKILL if it has not exited after 60 s)."""
+    from experiments.tracking import dbserver
+
     info = dbserver.stop()
     print(f"stopped the embedded run database (pid {info.pid})" if info else "the embedded run database was not running")
 
@@ -160,6 +191,10 @@ def server_stop():
 @ex.command(unobserved=True)
 def omniboard(mongo_url):
     """Install Omniboard (once) and serve the run database on http://127.0.0.1:9000/ until Ctrl-C."""
+    from experiments.tracking import dbserver
+    from experiments.tracking import omniboard as board
+    from experiments.tracking.database import connect, resolve_target
+
     target = resolve_target(mongo_url)
     board.ensure_columns(connect(target))
     proc, url = board.start(target)
@@ -177,6 +212,10 @@ def omniboard(mongo_url):
 def sweep(data_root, mongo_url):
     """Run a grid (sweep.datasets × splits × seeds × variants), one recorded run per point, skipping
     points already COMPLETED in the database; stop it any time and start it again."""
+    from experiments.suite.sweep import grid as sweep_grid
+    from experiments.suite.sweep import run_sweep, summarize_points
+    from experiments.tracking.database import connect, resolve_target
+
     s = sweep_settings()
     base = {"data_root": data_root, **s["base"]}  # the runs read the sweep's data
     points = sweep_grid(s["datasets"], s["splits"], s["seeds"], s["variants"], base, data_root)
@@ -188,6 +227,9 @@ def sweep(data_root, mongo_url):
 @ex.command(unobserved=True)
 def results(mongo_url, report):
     """The results table from the recorded runs: Markdown (printed), CSV and a bar chart in report.out."""
+    from experiments.suite.report import aggregate, fetch_runs, write_report
+    from experiments.tracking.database import connect, resolve_target
+
     db = connect(resolve_target(mongo_url))
     rows = aggregate(fetch_runs(db, list(report["datasets"]), list(report["tags"])))
     if not rows:
@@ -202,6 +244,9 @@ def results(mongo_url, report):
 @ex.command(unobserved=True)
 def sync(mongo_url):
     """Upload the runs recorded offline (offline=True) or during a database outage, each exactly once."""
+    from experiments.tracking.database import resolve_target
+    from experiments.tracking.upload import sync as sync_records
+
     target = resolve_target(mongo_url)
     done = sync_records(target)
     for record, run_id in done["uploaded"]:
@@ -211,9 +256,23 @@ def sync(mongo_url):
     print(f"{len(done['uploaded'])} run(s) uploaded to {target.display}; {len(done['waiting'])} still running")
 
 
+def command_of(argv: list[str]) -> str:
+    """The Sacred command a command line runs (``run``, the training one, when it names none)."""
+    for arg in argv[1:]:
+        if arg == "with" or "=" in arg:
+            break
+        if not arg.startswith("-"):
+            return arg
+    return ex.default_command
+
+
 if __name__ == "__main__":
-    ensure_allocator_settings()
     logging.getLogger("pgfa").setLevel(logging.INFO)
-    attach_observers(ex)
+    if command_of(sys.argv) in HEAVY_COMMANDS:  # the observed command: recorded, under the allocator
+        from experiments.runtime import ensure_allocator_settings
+        from experiments.tracking.observer import attach_observers
+
+        ensure_allocator_settings()  # re-executes this command once under the chosen allocator
+        attach_observers(ex)
     interrupt_on_sigterm()
     ex.run_commandline()

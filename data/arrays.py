@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.files import write_atomic
+
 PARTS = ("seen_train", "seen_test", "unseen")
 
 
@@ -121,15 +123,17 @@ def load_part(split_dir: str | Path, part: str, spec: ArraySpec, **kwargs) -> tu
     return load_pair(*part_paths(split_dir, part), spec, **kwargs)
 
 
+def save_npy_atomic(path: str | Path, arr: np.ndarray) -> Path:
+    """``np.save`` through a temporary file and a rename (``experiments.files.write_atomic``)."""
+    return write_atomic(path, lambda f: np.save(f, arr))
+
+
 def save_part(split_dir: str | Path, part: str, data: np.ndarray, labels: np.ndarray) -> None:
     """Write one part atomically (temporary file, then rename)."""
     d = Path(split_dir)
     d.mkdir(parents=True, exist_ok=True)
     for path, arr in zip(part_paths(d, part), (np.asarray(data, np.float32), np.asarray(labels, np.int64))):
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-        tmp.replace(path)
+        save_npy_atomic(path, arr)
 
 
 def write_npy_chunks(path: str | Path, shape: tuple[int, ...], dtype: np.dtype | str, chunks) -> None:
@@ -141,9 +145,9 @@ def write_npy_chunks(path: str | Path, shape: tuple[int, ...], dtype: np.dtype |
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = np.dtype(dtype)
-    tmp = path.with_name(path.name + ".tmp")
-    rows = 0
-    with open(tmp, "wb") as f:
+
+    def write(f) -> None:
+        rows = 0
         np.lib.format.write_array_header_1_0(
             f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
         for block in chunks:
@@ -152,7 +156,7 @@ def write_npy_chunks(path: str | Path, shape: tuple[int, ...], dtype: np.dtype |
                 raise DataError(f"{path}: block of shape {block.shape} does not fit rows of shape {shape[1:]}")
             f.write(block.tobytes())
             rows += block.shape[0]
-    if rows != shape[0]:
-        tmp.unlink()
-        raise DataError(f"{path}: {rows} rows written, {shape[0]} announced")
-    tmp.replace(path)
+        if rows != shape[0]:
+            raise DataError(f"{path}: {rows} rows written, {shape[0]} announced")
+
+    write_atomic(path, write)

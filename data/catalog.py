@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = PROJECT_ROOT / "data"
+from experiments.files import DATA_DIR
+
 SPLITS_FILE = DATA_DIR / "splits.json"
 TRACKS = ("main", "sota", "test", "one_shot")
 
@@ -37,11 +37,9 @@ DATASETS: dict[str, DatasetSpec] = {
         "demo", 30, "ntu25", 1, 50,
         prepare="python main.py prepare_demo",
         # Sized so the whole demo job runs in a few minutes on a 2-core CPU.
-        defaults={"epoch_num": 10, "batch_size": 32, "warmup_epochs": 1, "lr_steps": [7],
-                  "support_factor": 0.9},
+        defaults={"epoch_num": 10, "batch_size": 32, "warmup_epochs": 1, "lr_steps": [7]},
     ),
-    "ntu60": DatasetSpec("ntu60", 60, "ntu25", 2, 50, prepare="python main.py prepare with dataset=ntu60",
-                         defaults={"support_factor": 0.9}),
+    "ntu60": DatasetSpec("ntu60", 60, "ntu25", 2, 50, prepare="python main.py prepare with dataset=ntu60"),
     "ntu120": DatasetSpec("ntu120", 120, "ntu25", 2, 50, prepare="python main.py prepare with dataset=ntu120",
                           defaults={"support_factor": 0.4, "lr": 0.005}),
     "pku": DatasetSpec("pku", 51, "ntu25", 2, 50,
@@ -51,10 +49,10 @@ DATASETS: dict[str, DatasetSpec] = {
     # Kinect v1, one person. Small datasets: smaller batches so an epoch has several steps.
     "utd_mhad": DatasetSpec("utd_mhad", 27, "kinect20", 1, 50,
                             prepare="python main.py prepare with dataset=utd_mhad raw.path=<folder of *_skeleton.mat>",
-                            defaults={"support_factor": 0.9, "batch_size": 32}),
+                            defaults={"batch_size": 32}),
     "nw_ucla": DatasetSpec("nw_ucla", 10, "kinect20", 1, 50,
                            prepare="python main.py prepare with dataset=nw_ucla raw.path=<all_sqe folder>",
-                           defaults={"support_factor": 0.9, "batch_size": 32}),
+                           defaults={"batch_size": 32}),
 }
 for _ntu in ("ntu60", "ntu120"):  # the prepare command names its input
     DATASETS[_ntu] = replace(DATASETS[_ntu], prepare=f"python main.py prepare with dataset={_ntu} "

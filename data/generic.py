@@ -32,6 +32,7 @@ import numpy as np
 
 from data.raw import Item, RawFormatError, Sequence, Skip, Source
 from data.skeleton import SequenceError, check_joints, origin_index
+from experiments.files import write_text_atomic
 from module.graph import get_layout
 
 CLASSES_FILE = "classes.csv"
@@ -198,6 +199,4 @@ def register(data_root: str | Path, name: str, folder: str, layout: str, *, pers
 
 
 def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(doc, indent=1) + "\n")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from data.catalog import dataset_splits, get_dataset, user_splits, user_splits_file
+from experiments.files import write_text_atomic
 
 
 class SplitError(ValueError):
@@ -108,7 +109,4 @@ def register_splits(data_root: str | Path, dataset: str, new: dict[str, dict]) -
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"_doc": "Splits registered by the split builder (python main.py make_split / prepare_generic).",
            "splits": {**registered, **new}}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, json.dumps(doc, indent=1) + "\n")

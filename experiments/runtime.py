@@ -1,14 +1,14 @@
 """Process-level settings the project's entry points apply before any work: the allocator.
 
 glibc's default malloc hands large freed blocks back to the kernel, so every training
-step page-faults its activations in again (1–4 million faults per ST-GCN step, measured
-on a 2-core CPU): training runs at half speed. Two remedies, chosen by ``PGFA_ALLOCATOR``:
+step page-faults its activations in again (millions of faults per ST-GCN step): training
+runs at about half speed (docs/speed.md). Two remedies, chosen by ``PGFA_ALLOCATOR``:
 
 * ``mimalloc`` (the default when the ``cmeel-mimalloc`` package is installed, as
   requirements.txt does): mimalloc preloaded, told never to give freed memory back
   (``MIMALLOC_PURGE_DELAY=-1``). As fast as the glibc setting below, and its size
-  classes reuse freed blocks well: ST-GCN's training step at batch 128 peaks at about
-  2.0 GiB instead of 2.45–3.1 GiB (measured; ``python -m experiments.benchmark``).
+  classes reuse freed blocks well, so training peaks lower (docs/speed.md;
+  ``python -m experiments.bench.benchmark``).
 * ``glibc-keep`` (the default without that package): glibc settings that keep freed memory
   in the heap (no mmap'd chunks, no trimming). Fast, but the heap fragments.
 * ``system``: no change.

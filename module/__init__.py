@@ -1,5 +1,7 @@
-"""Skeleton encoders, graph layouts, projection head, losses and test-time alignment."""
-from module import shiftgcn, stgcn  # noqa: F401  (register "shiftgcn", "stgcn")
-from module.registry import build_backbone, build_backbone_from_config, list_backbones, register_backbone
+"""Skeleton encoders, graph layouts, projection head, losses and test-time alignment.
 
-__all__ = ["build_backbone", "build_backbone_from_config", "list_backbones", "register_backbone"]
+Importing the package loads no framework: the backbones register themselves when the
+registry first needs them (``module/registry.py``)."""
+from module.registry import backbone_keys, build_backbone, list_backbones, register_backbone
+
+__all__ = ["backbone_keys", "build_backbone", "list_backbones", "register_backbone"]

@@ -17,13 +17,13 @@ person count ``num_person`` is fixed at construction), global average pooling ov
 time and joints, then the mean over persons: ``(N, C, T, V, M) -> (N, D)``.
 
 Two formulations with the same parameters (checkpoints load into either), chosen by
-``formulation``: ``"reference"`` is the straightforward one above; ``"fast"`` (default)
+``formulation``: ``"plain"`` is the straightforward one above; ``"fast"`` (default)
 keeps activations channels-last throughout (every reshape between (N·T, V·C) rows and
 (N, C, T, V) maps is then a view, and convolutions, BatchNorm and the temporal shift's
 depthwise-convolution backend see one layout), runs the per-joint linear map as a 1x1
 convolution (oneDNN; MKL's GEMM runs at about 40% of it on this AMD CPU) and the
 joint x channel BatchNorm as ``JointChannelBatchNorm``. Equal up to float rounding
-(``tests/test_fast_backbones.py``).
+(``tests/unit/test_fast_backbones.py``).
 
 Differences from the original code: index tables are buffers (not Parameters), nothing
 is created on a fixed device, the joint count follows the graph layout instead of a
@@ -164,12 +164,11 @@ class ShiftGCN(nn.Module):
         num_joints: V (25 for NTU).
         shift_impl: temporal shift implementation, "auto" | "cuda" | "dwconv" | "ref".
         shift_pos_grad: "constrained" (the original's sign steps) | "exact".
-        formulation: "fast" | "reference" (module docstring); same parameters either way.
+        formulation: "fast" | "plain" (module docstring); same parameters either way.
     """
 
-    def __init__(self, in_channels: int = 3, hidden_channels: int = 64, out_channels: int = 256, num_person: int = 2,
-                 num_joints: int = 25, shift_impl: str = "auto", shift_pos_grad: str = "constrained",
-                 formulation: str = "fast"):
+    def __init__(self, *, in_channels: int, hidden_channels: int, out_channels: int, num_person: int, num_joints: int,
+                 shift_impl: str, shift_pos_grad: str, formulation: str):
         super().__init__()
         self.formulation = check_formulation(formulation)
         self.num_person, self.num_joints, self.in_channels = num_person, num_joints, in_channels
@@ -205,9 +204,10 @@ class ShiftGCN(nn.Module):
 
 
 @register_backbone("shiftgcn")
-def build_shiftgcn(in_channels: int = 3, hidden_channels: int = 64, out_channels: int = 256, num_person: int = 2,
-                   graph_layout: str = "ntu25", shift_impl: str = "auto",
-                   shift_pos_grad: str = "constrained", formulation: str = "fast") -> ShiftGCN:
-    """Shift-GCN from config entries (parameter names are config keys); the layout sets the joint count."""
-    return ShiftGCN(in_channels, hidden_channels, out_channels, num_person, get_layout(graph_layout).num_joints,
-                    shift_impl, shift_pos_grad, formulation)
+def build_shiftgcn(*, in_channels: int, hidden_channels: int, out_channels: int, num_person: int, graph_layout: str,
+                   shift_impl: str, shift_pos_grad: str, formulation: str) -> ShiftGCN:
+    """Shift-GCN from config entries (parameter names are config keys; defaults: module/defaults.py); the
+    layout sets the joint count."""
+    return ShiftGCN(in_channels=in_channels, hidden_channels=hidden_channels, out_channels=out_channels,
+                    num_person=num_person, num_joints=get_layout(graph_layout).num_joints, shift_impl=shift_impl,
+                    shift_pos_grad=shift_pos_grad, formulation=formulation)

@@ -8,15 +8,15 @@ over time and joints, and the mean over persons. Output: ``(N, D)``.
 Two formulations of the same function with the same parameters (so checkpoints load
 into either), chosen by ``formulation``:
 
-* ``"reference"``: the straightforward one (graph conv = 1x1 conv to K·C_out channels,
+* ``"plain"``: the straightforward one (graph conv = 1x1 conv to K·C_out channels,
   then a sum over subsets and neighbours; ``nn.Dropout``; default memory layout);
 * ``"fast"`` (default): channels-last activations; graph convs as one dense 1x1
   convolution with the adjacency folded into the weight in the narrow blocks, the
   adjacency applied first in the wide ones (then the channel mixing is one 1x1
   convolution over K·C_in channels, which oneDNN runs near peak; ``GraphConv``);
   ``FastDropout``; and tensors recomputed in the backward instead of held (the
-  aggregated input of the wide graph convs and the rectified BatchNorm output). Equal to the reference up to float rounding (outputs
-  and gradients, ``tests/test_fast_backbones.py``); dropout draws a different random
+  aggregated input of the wide graph convs and the rectified BatchNorm output). Equal to the plain formulation up to float rounding (outputs
+  and gradients, ``tests/unit/test_fast_backbones.py``); dropout draws a different random
   stream with the same distribution.
 """
 from __future__ import annotations
@@ -32,10 +32,9 @@ from module.registry import register_backbone
 
 
 # Graph convolutions whose dense joint-by-joint weight has at most this many rows and
-# columns (V·C on either side) run as one 1x1 convolution (``GraphConv``: "dense").
-# Measured on a 2-core AVX-512 CPU, forward + backward at batch 128 (two persons):
-# 400 -> 400 (16 channels, 25 joints) 38 ms dense vs 76 ms aggregate-first; 800 -> 800:
-# 65 vs 78 ms; 800 -> 1600: 125 vs 87 ms (the dense weight's extra FLOPs start to win).
+# columns (V·C on either side) run as one 1x1 convolution (``GraphConv``: "dense"): one
+# GEMM-shaped convolution beats aggregate-first on narrow layers until the dense weight's
+# extra FLOPs (the adjacency is sparse) outweigh it (the timings: docs/speed.md).
 DENSE_GRAPH_MAX = 800
 
 GRAPH_METHODS = ("conv_then_aggregate", "aggregate_first", "dense")
@@ -103,7 +102,7 @@ class GraphConv(nn.Module):
         mix = self.conv.weight.view(k, co, c).transpose(0, 1).reshape(co, k * c, 1, 1)
         y = _AggregateMix.apply(x, agg, mix)                            # (N, C_out, T, W), channels-last
         # the bias added on the (N·T, W·C_out) view so that its gradient is a reduction over
-        # contiguous rows (reducing a channels-last tensor over N and T directly is ~15x slower, measured).
+        # contiguous rows (reducing a channels-last tensor over N and T directly is much slower).
         bias = self._bias(a).reshape(1, w * co)
         y = y.permute(0, 2, 3, 1).reshape(n * t, w * co) + bias        # (N·T, W·C_out)
         return y.view(n, t, w, co).permute(0, 3, 1, 2)                  # (N, C_out, T, W), channels-last
@@ -219,13 +218,11 @@ class STGCN(nn.Module):
         max_hop: neighbourhood radius.
         edge_importance: learn a multiplicative mask per block over the adjacency.
         temporal_kernel: temporal convolution length (9).
-        formulation: "fast" | "reference" (module docstring); same parameters either way.
+        formulation: "fast" | "plain" (module docstring); same parameters either way.
     """
 
-    def __init__(self, in_channels: int = 3, hidden_channels: int = 16, out_channels: int = 256,
-                 dropout: float = 0.5, layout: str = "ntu25", strategy: str = "spatial",
-                 max_hop: int = 1, edge_importance: bool = True, temporal_kernel: int = 9,
-                 formulation: str = "fast"):
+    def __init__(self, *, in_channels: int, hidden_channels: int, out_channels: int, dropout: float, layout: str,
+                 strategy: str, max_hop: int, edge_importance: bool, temporal_kernel: int, formulation: str):
         super().__init__()
         self.formulation = check_formulation(formulation)
         fast = formulation == "fast"
@@ -267,9 +264,10 @@ class STGCN(nn.Module):
 
 
 @register_backbone("stgcn")
-def build_stgcn(in_channels: int = 3, hidden_channels: int = 16, out_channels: int = 256, dropout: float = 0.5,
-                graph_layout: str = "ntu25", graph_strategy: str = "spatial", max_hop: int = 1,
-                edge_importance: bool = True, temporal_kernel: int = 9, formulation: str = "fast") -> STGCN:
-    """ST-GCN from config entries (parameter names are config keys)."""
-    return STGCN(in_channels, hidden_channels, out_channels, dropout, graph_layout, graph_strategy, max_hop,
-                 edge_importance, temporal_kernel, formulation)
+def build_stgcn(*, in_channels: int, hidden_channels: int, out_channels: int, dropout: float, graph_layout: str,
+                graph_strategy: str, max_hop: int, edge_importance: bool, temporal_kernel: int,
+                formulation: str) -> STGCN:
+    """ST-GCN from config entries (parameter names are config keys; defaults: module/defaults.py)."""
+    return STGCN(in_channels=in_channels, hidden_channels=hidden_channels, out_channels=out_channels, dropout=dropout,
+                 layout=graph_layout, strategy=graph_strategy, max_hop=max_hop, edge_importance=edge_importance,
+                 temporal_kernel=temporal_kernel, formulation=formulation)

@@ -1,5 +1,8 @@
 """Shared fixtures: a prepared demo data root with MiniLM embeddings, built once per session,
-and the real recordings in ``../shared/data`` (tests that need them skip when they are absent)."""
+and the real recordings in ``../shared/data`` (tests that need them skip when they are absent).
+
+Tests are grouped by concern in folders (unit, data, train, tracking, browser, gpu, bench);
+each test also carries its folder's marker, so ``pytest -m "unit or data"`` selects groups."""
 from __future__ import annotations
 
 import os
@@ -13,6 +16,16 @@ from data import demo
 # beside the project folder.
 SHARED_DATA = Path(os.environ.get("PGFA_SHARED_DATA")
                    or Path(__file__).resolve().parents[1].parent / "shared" / "data")
+
+
+GROUPS = ("unit", "data", "train", "tracking", "browser", "gpu", "bench")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        group = Path(str(item.fspath)).parent.name
+        if group in GROUPS:
+            item.add_marker(getattr(pytest.mark, group))
 
 
 def shared(*parts: str) -> Path:
@@ -43,7 +56,7 @@ def text_root(demo_root) -> Path:
 @pytest.fixture
 def tracking(tmp_path, monkeypatch) -> Path:
     """A private tracking folder (server data, records) and server port; the server is stopped afterwards."""
-    from experiments import dbserver
+    from experiments.tracking import dbserver
     from tracking_support import free_port
 
     base = tmp_path / "tracking"
@@ -58,7 +71,7 @@ def tracking(tmp_path, monkeypatch) -> Path:
 def two_cli_runs(text_root, tmp_path_factory):
     """Two tiny ``python main.py with ...`` runs started at once with no server running yet
     (a private tracking folder); shared by the run and the Omniboard tests."""
-    from experiments import dbserver
+    from experiments.tracking import dbserver
     from tracking_support import cli_args, cli_env, free_port, start_cli
 
     tmp = tmp_path_factory.mktemp("cli")
@@ -67,5 +80,5 @@ def two_cli_runs(text_root, tmp_path_factory):
     procs = [start_cli(cli_args(text_root, tmp / f"ckpt{i}", seed=i), env, tmp / f"run{i}.log") for i in range(2)]
     codes = [p.wait(timeout=900) for p in procs]
     logs = [(tmp / f"run{i}.log").read_text() for i in range(2)]
-    yield {"tracking": tracking, "codes": codes, "logs": logs, "info": dbserver.read_state(tracking), "env": env}
+    yield {"tracking": tracking, "codes": codes, "logs": logs, "info": dbserver.read_server_state(tracking), "env": env}
     dbserver.stop(tracking)

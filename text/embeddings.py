@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from descriptions import load_class_texts
+from experiments.files import write_atomic, write_text_atomic
 from text.models import load_model, model_key
 
 
@@ -57,14 +58,10 @@ def build(data_root: str | Path, dataset: str, kind: str, model: str, num_classe
     texts = load_class_texts(dataset, kind, num_classes, data_root=data_root)
     emb = encode(texts, model)
     path = embedding_path(data_root, dataset, kind, model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, emb)
-    tmp.replace(path)
+    write_atomic(path, lambda f: np.save(f, emb))
     meta = {"dataset": dataset, "kind": kind, "model": model, "rows": int(emb.shape[0]), "dim": int(emb.shape[1]),
             "text_sha256": texts_hash(texts), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    sidecar_path(path).write_text(json.dumps(meta, indent=1) + "\n")
+    write_text_atomic(sidecar_path(path), json.dumps(meta, indent=1) + "\n")
     return path
 
 

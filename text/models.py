@@ -15,6 +15,7 @@ A path to any local sentence-transformers model folder is accepted as well.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -63,10 +64,32 @@ def model_key(name: str) -> str:
 
 
 def text_dim(name: str) -> int:
-    """Embedding size of a text model (reads the model folder for a custom path)."""
+    """Embedding size of a text model, without loading it: the model table, or a local
+    sentence-transformers folder's module configs (the last Dense layer's ``out_features``,
+    else the Pooling layer's ``word_embedding_dimension``, else the transformer's ``hidden_size``)."""
     if name in MODELS:
         return MODELS[name].dim
-    return int(load_model(name).get_sentence_embedding_dimension())
+    folder = locate(name)
+    dims: list[int] = []
+    modules = folder / "modules.json"
+    if modules.is_file():
+        for mod in json.loads(modules.read_text()):
+            cfg = folder / mod.get("path", "") / "config.json"
+            if not cfg.is_file():
+                continue
+            doc = json.loads(cfg.read_text())
+            dim = doc.get("out_features") or doc.get("word_embedding_dimension")
+            if dim:
+                dims.append(int(dim))
+    if not dims and (folder / "config.json").is_file():
+        hidden = json.loads((folder / "config.json").read_text()).get("hidden_size")
+        if hidden:
+            dims.append(int(hidden))
+    if not dims:
+        raise TextModelError(f"text model folder {folder}: no module config states the embedding size "
+                             "(1_Pooling/config.json word_embedding_dimension, a Dense out_features, or config.json "
+                             "hidden_size); set text_dim=... explicitly")
+    return dims[-1]
 
 
 def _package_file(dist_name: str, suffix: str) -> Path:

@@ -8,8 +8,8 @@ sample at ``(h*s + Y[c], w + X[c])`` reads four taps weighted
 inside one window that covers every channel's taps (padded symmetrically, so that
 conv2d's own zero padding supplies the zeros outside the input). oneDNN runs
 it in one pass over the input in either memory layout (channels-last stays
-channels-last), 3-5x faster on a CPU than the banded matrix products of the reference
-(measured at Shift-GCN's shapes).
+channels-last), faster on a CPU than the banded matrix products of the reference
+(docs/speed.md).
 
 Gradients: the input gradient is the convolution's own transposed pass (the exact
 transpose of the forward); the position sums come from the kernel gradient

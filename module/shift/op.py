@@ -4,8 +4,8 @@
 
 * ``impl="ref"``: the pure-PyTorch reference (``module/shift/reference.py``), any device.
 * ``impl="dwconv"``: the same op as one depthwise convolution (``module/shift/dwconv.py``),
-  any device; 3-5x faster than the reference on a CPU and keeps channels-last inputs
-  channels-last.
+  any device; faster than the reference on a CPU (docs/speed.md) and keeps channels-last
+  inputs channels-last.
 * ``impl="cuda"``: the CUDA extension (``module/shift/csrc``), built just in time on first
   use. CPU tensors or a failed build raise an error naming the cause (with the
   compiler's output); there is no fallback.
@@ -144,7 +144,7 @@ def resolve_backend(x: torch.Tensor, impl: str) -> ShiftBackend:
     if impl == "cuda":
         if not x.is_cuda:
             raise ValueError(f"temporal shift impl='cuda' needs a CUDA tensor, got one on {x.device}; "
-                             "use impl='auto' (reference on the CPU) or impl='ref'")
+                             "use impl='auto' (dwconv on the CPU), impl='dwconv' or impl='ref'")
         return _cuda_backend()
     if impl == "auto":
         if not x.is_cuda:

@@ -1,6 +1,6 @@
 """Pure-PyTorch reference of the Shift-GCN temporal shift (the spec; ``dwconv.py`` is the fast CPU path).
 
-Semantics: ``docs/SHIFT_OP.md`` (measured from the original CUDA kernel). Input ``x`` is
+Semantics: ``docs/shift_op.md`` (those of the original CUDA kernel). Input ``x`` is
 ``(N, C, H, W)`` with H = time and W = joints; every channel ``c`` is resampled
 bilinearly at its *effective* position ``(X[c], Y[c])`` (the caller adds the +0.5 of a
 strided shift to Y), with stride ``s`` along H and zeros outside the input:
@@ -17,9 +17,9 @@ two small matrices with the input plane:
     B_c (W, W):     row w holds 1-dx at column w + x1 and dx at column w + x1 + 1,
 
 where a tap outside the input simply has no column (it reads zero). The input gradient
-is then exactly ``A_c^T @ g @ B_c``. Batched matrix products compute this two to three
-times faster on a CPU than gathering the four taps element by element (measured on 2
-cores), although most matrix entries are zero. The one observable difference from the
+is then exactly ``A_c^T @ g @ B_c``. Batched matrix products compute this faster on a CPU
+than gathering the four taps element by element (docs/speed.md), although most matrix
+entries are zero. The one observable difference from the
 kernel: a non-finite input value also reaches outputs that weight it by zero
 (0 * inf = nan), where the original kernel never reads it.
 

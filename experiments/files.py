@@ -1,0 +1,92 @@
+"""Leaf helpers every part of the project may import: the project's paths, crash-safe
+writes, an advisory file lock and a process check. Standard library only.
+
+Every write here goes to a temporary file in the target's folder and is renamed over the
+target, so a reader (or a crash at any moment) sees the old file or the new one, never
+half of one. A failed write (full disk, unwritable folder) removes its temporary file and
+raises ``OSError`` naming the target.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = PROJECT_ROOT / "data"
+RUNS_DIR = PROJECT_ROOT / "runs"
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], None], *, durable: bool = False) -> Path:
+    """Call ``write(f)`` on a temporary binary file beside ``path``, then rename it to ``path``.
+
+    Args:
+        path: the target file (its folder is created).
+        write: writes the whole content to the open file.
+        durable: fsync before the rename (for state that must survive a power cut).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no stray temporary file, whatever stopped the write
+        raise
+    return path
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json_atomic(path: str | Path, obj, *, indent: int | None = 2, durable: bool = True) -> Path:
+    """JSON (sorted keys, ``str`` for anything else) written atomically and, by default, durably."""
+    text = json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n"
+    return write_atomic(path, lambda f: f.write(text.encode("utf-8")), durable=durable)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Exclusive advisory lock on ``path`` (created if missing), held for the block."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs (reaps it first when it is our own exited child, so it is no zombie)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):  # a zombie still accepts signal 0
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True

@@ -1,0 +1,105 @@
+"""Finding a stored checkpoint and the config it was trained with.
+
+A checkpoint reference (``checkpoint=`` in the config) is one of
+
+* the path of a ``best.pt``,
+* a run folder holding ``best.pt`` (``runs/<time>-...``, or a run's ``out_dir``),
+* the id of a run recorded in MongoDB: its ``best.pt`` artifact is fetched once into
+  ``runs/fetched/run-<id>/best.pt``.
+
+For ``train_mode="test"``, ``checkpoint_updates`` is the one explicit step that applies the
+checkpoint's model entries (``MODEL_KEYS``), and its dataset and split where the user gave
+none, as config updates of the evaluation run when it starts (``config.Experiment.run``),
+so they are recorded in its config. Building a configuration never reads a checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gridfs
+import torch
+
+from experiments.files import RUNS_DIR, write_bytes_atomic
+from experiments.tracking.database import connect, resolve_target
+
+BEST_FILE = "best.pt"
+FETCH_DIR = RUNS_DIR / "fetched"
+
+# Config entries that define the trained model and what it expects as input.
+MODEL_KEYS = (
+    "backbone", "in_channels", "hidden_channels", "out_channels", "dropout", "graph_layout", "graph_strategy",
+    "max_hop", "edge_importance", "temporal_kernel", "num_person", "text_kind", "text_model", "text_dim",
+    "init_temperature", "learn_temperature", "max_frame",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint reference that does not lead to a usable checkpoint."""
+
+
+def resolve_checkpoint(ref: str, mongo_url: str = "") -> Path:
+    """The local ``best.pt`` a reference points at (fetching it from MongoDB for a run id)."""
+    if not ref:
+        raise CheckpointError("train_mode='test' needs checkpoint=<path of a best.pt, a run folder, or a run id>")
+    path = Path(str(ref)).expanduser()
+    if path.is_dir():
+        path = path / BEST_FILE
+    if path.is_file():
+        return path
+    if str(ref).isdigit():
+        return fetch_from_mongo(int(ref), mongo_url)
+    raise CheckpointError(f"checkpoint {ref!r}: no such file or run folder (expected a best.pt, a folder "
+                          f"holding one, or the id of a run recorded in MongoDB)")
+
+
+def fetch_from_mongo(run_id: int, mongo_url: str = "") -> Path:
+    """Download run ``run_id``'s ``best.pt`` artifact (once)."""
+    target = FETCH_DIR / f"run-{run_id}" / BEST_FILE
+    if target.is_file():
+        return target
+    db = connect(resolve_target(mongo_url))
+    run = db.runs.find_one({"_id": run_id}, {"artifacts": 1, "status": 1})
+    if run is None:
+        raise CheckpointError(f"checkpoint {run_id}: no run with that id in the database")
+    art = next((a for a in run.get("artifacts", []) if a.get("name") == BEST_FILE), None)
+    if art is None:
+        raise CheckpointError(f"run {run_id} ({run.get('status')}) has no {BEST_FILE} artifact")
+    data = gridfs.GridFS(db).get(art["file_id"]).read()
+    write_bytes_atomic(target, data)
+    return target
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """``{"model", "config", "epoch", "metrics"}`` of a checkpoint (``weights_only`` load)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged or foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
+        raise CheckpointError(f"{path}: not a checkpoint of this project (no model weights and config)")
+    return ckpt
+
+
+def model_entries(cfg: dict) -> dict:
+    """The ``MODEL_KEYS`` entries of a (checkpoint's) config."""
+    return {k: cfg[k] for k in MODEL_KEYS if k in cfg}
+
+
+def checkpoint_updates(ref: str, mongo_url: str, given: dict, dataset: str) -> dict:
+    """Config updates of a ``train_mode="test"`` run: the checkpoint's model entries, and its
+    dataset and split unless ``given`` (the user's own updates) names them; the split only
+    when the evaluated dataset is the checkpoint's own. The user's updates win.
+
+    Args:
+        ref: the ``checkpoint`` entry; mongo_url: where a run id is looked up.
+        given: the config updates the user gave.
+        dataset: the dataset the configuration resolved to without these updates.
+    """
+    trained = load_checkpoint(resolve_checkpoint(ref, mongo_url))["config"]
+    updates = {k: v for k, v in model_entries(trained).items() if k not in given}
+    if "dataset" not in given and "dataset" in trained:
+        updates["dataset"] = trained["dataset"]
+        dataset = trained["dataset"]
+    if "split" not in given and trained.get("dataset") == dataset and "split" in trained:
+        updates["split"] = trained["split"]
+    return updates

@@ -1,0 +1,136 @@
+"""Scoring a trained model: zero-shot classification of a subset by its class texts (and,
+with alignment, by PGFA's prototypes), and the final report of a run.
+
+After training, the unseen test classes are scored once with the selected checkpoint:
+inductive top-1 (nearest text), per-class mean accuracy, and top-1 after
+prototype-guided alignment; plus GZSL and one-shot numbers when the track asks. All
+accuracies are percentages over samples (means over classes for the per-class numbers).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.loading import ZeroShotData
+from experiments.tracking.tracker import Tracker
+from experiments.train.artifacts import class_names, write_unseen_report
+from experiments.train.gzsl import choose_gamma, class_scores, evaluate_gzsl, one_shot_eval, pick_exemplars
+from experiments.train.metrics import per_class_accuracy, top1
+from experiments.train.settings import AlignSettings, Settings
+from experiments.train.steps import embed
+from module.align import nearest_text, prototype_align
+from module.head import SkeletonTextModel
+
+log = logging.getLogger("pgfa")
+
+
+@dataclass
+class Outcome:
+    """What training and selection produced; the model holds the selected weights afterwards."""
+    best_epoch: int
+    best_score: float
+    train_seconds: float
+    checkpoint: Path
+
+
+@dataclass
+class ZeroShotResult:
+    top1: float
+    per_class_mean: float
+    per_class: dict[int, float]
+    pred: torch.Tensor              # predicted class ids (inductive)
+    top1_aligned: float | None = None
+    per_class_mean_aligned: float | None = None
+    pred_aligned: torch.Tensor | None = None
+    prototypes: torch.Tensor | None = None
+    support: torch.Tensor | None = None
+    feats: torch.Tensor | None = None
+
+
+def zero_shot_eval(feats: torch.Tensor, labels: torch.Tensor, classes: list[int], text: torch.Tensor,
+                   align: AlignSettings | None = None) -> ZeroShotResult:
+    """Classify ``feats`` among ``classes`` by their text embeddings (and, with ``align``, by prototypes)."""
+    cls = torch.tensor(classes)
+    cand = text[cls].cpu()  # (K, D) candidate class texts
+    pred = cls[nearest_text(feats, cand)[1]]
+    pc = per_class_accuracy(pred, labels, classes)
+    res = ZeroShotResult(top1(pred, labels), float(np.mean(list(pc.values()))), pc, pred, feats=feats)
+    if align is not None:
+        a = prototype_align(feats, cand, align.support_factor, align.min_support, align.entropy_scale)
+        pred_a = cls[a.pred_aligned]
+        pca = per_class_accuracy(pred_a, labels, classes)
+        res.top1_aligned, res.per_class_mean_aligned = top1(pred_a, labels), float(np.mean(list(pca.values())))
+        res.pred_aligned, res.prototypes, res.support = pred_a, a.prototypes, a.support
+    return res
+
+
+def final_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: SkeletonTextModel,
+                 device: torch.device, tracker: Tracker, outcome: Outcome) -> dict:
+    """Score the unseen classes once with the selected model (plus GZSL / one-shot when asked); write the
+    artifacts. Shared by training runs and checkpoint evaluation."""
+    ev, precision = s.eval, s.run.precision
+    feats = embed(model, data.unseen.x, batch_size=ev.batch_size, device=device, desc="unseen", precision=precision)
+    res = zero_shot_eval(feats, data.unseen.y, data.unseen.classes, text, ev.align)
+    result = {
+        "dataset": s.data.dataset, "split": str(s.data.split), "train_mode": s.run.train_mode, "seed": s.run.seed,
+        "tag": s.run.tag, "selection": ev.selection, "best_epoch": outcome.best_epoch,
+        ("best_unseen_top1_selection" if ev.by_test else "best_val_top1"): outcome.best_score,
+        "unseen_top1": res.top1, "unseen_per_class_mean": res.per_class_mean,
+        "unseen_per_class": {str(k): v for k, v in res.per_class.items()},
+        "num_unseen_samples": len(data.unseen), "unseen_classes": list(data.unseen.classes),
+        "val_classes": list(data.val.classes) if data.val else [],
+        "train_seconds": round(outcome.train_seconds, 1), "checkpoint": str(outcome.checkpoint),
+    }
+    if ev.align is not None:
+        result.update({"unseen_top1_aligned": res.top1_aligned,
+                       "unseen_per_class_mean_aligned": res.per_class_mean_aligned,
+                       "alignment": "transductive (prototypes from the whole unseen test set)",
+                       "support_factor": ev.align.support_factor})
+    if s.data.gzsl:
+        result.update(gzsl_report(s, data, text, model, device))
+    if s.run.train_mode == "one_shot":
+        exemplars = pick_exemplars(data.unseen.y, data.unseen.classes, ev.exemplar_seed)
+        result.update(one_shot_eval(feats, data.unseen.y, data.unseen.classes, text, exemplars,
+                                    ev.one_shot_text_weight))
+        result["exemplars"] = {str(c): i for c, i in exemplars.items()}  # indices into unseen_data.npy
+    report = write_unseen_report(outcome.checkpoint.parent, data.unseen.y, data.unseen.classes,
+                                 class_names(s.data.dataset, data.unseen.classes, s.data.data_root), res.pred,
+                                 res.pred_aligned, res.feats, text, res.prototypes)
+    for path in [outcome.checkpoint, *report]:
+        tracker.add_artifact(path)
+    log.info("unseen top-1: inductive %.2f%%%s (per-class mean %.2f%%), %s", res.top1,
+             f", aligned {res.top1_aligned:.2f}%" if ev.align is not None else "", res.per_class_mean,
+             f"checkpoint of epoch {outcome.best_epoch + 1} selected by "
+             f"{'unseen test accuracy' if ev.by_test else 'validation accuracy'}")
+    for key in ("H", "one_shot_top1_exemplar", "one_shot_top1_text", "one_shot_top1_combined"):
+        if key in result:
+            log.info("%s: %.2f%%", key, result[key])
+    return result
+
+
+def gzsl_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: SkeletonTextModel,
+                device: torch.device) -> dict:
+    """Generalized zero-shot: gamma chosen on validation data (held-out training-class samples +
+    validation classes), then applied once to seen-test (training classes) + unseen samples."""
+    bs, precision = s.eval.batch_size, s.run.precision
+    train_cls, val_cls, unseen_cls = data.train.classes, data.val.classes, data.unseen.classes
+    vx = torch.cat([data.val_seen.x, data.val.x])
+    vy = torch.cat([data.val_seen.y, data.val.y])
+    v_classes = sorted(train_cls + val_cls)
+    v_scores = class_scores(embed(model, vx, batch_size=bs, device=device, desc="gzsl val", precision=precision),
+                            text, v_classes)
+    gamma, val_h = choose_gamma(v_scores, vy, v_classes, train_cls, val_cls)
+    # the test side: seen-test samples of the training classes (validation classes were never trained on)
+    keep = torch.isin(data.seen_test.y, torch.tensor(train_cls))
+    tx = torch.cat([data.seen_test.x[keep], data.unseen.x])
+    ty = torch.cat([data.seen_test.y[keep], data.unseen.y])
+    t_classes = sorted(train_cls + unseen_cls)
+    t_scores = class_scores(embed(model, tx, batch_size=bs, device=device, desc="gzsl test", precision=precision),
+                            text, t_classes)
+    res = evaluate_gzsl(t_scores, ty, t_classes, train_cls, unseen_cls, gamma)
+    return {"gzsl_gamma": gamma, "gzsl_val_H": val_h, "gzsl_calibration": "gamma chosen on validation data only",
+            **{f"gzsl_{k}": v for k, v in res.items() if k != "gamma"}, "H": res["H"]}

@@ -1,0 +1,139 @@
+"""The epoch loop every track uses: the device, seeds, the learning-rate schedule, the
+optimiser, and per-epoch model selection.
+
+Per epoch: train on the training classes; evaluate zero-shot on the selection subset
+(validation classes, or the unseen test classes with ``selection="test"``) and keep the
+checkpoint that scores best there. The loop is resumable from ``last.pt``.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.loading import ZeroShotData
+from experiments.tracking.tracker import Tracker
+from experiments.train.evaluate import Outcome, zero_shot_eval
+from experiments.train.settings import OptimSettings, Settings
+from experiments.train.state import STATE_FILE, best_path, load_state, restore_rng, save_checkpoint, save_state
+from experiments.train.steps import embed, train_epoch
+from module.head import SkeletonTextModel
+from module.losses import get_loss
+
+log = logging.getLogger("pgfa")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed every RNG the run touches; returns the generator that orders the batches."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    return torch.Generator().manual_seed(seed)
+
+
+def lr_at(epoch: int, *, lr: float, schedule: str, warmup_epochs: int, epoch_num: int,
+          lr_steps: list[int] | tuple[int, ...], lr_gamma: float, lr_min: float = 0.0) -> float:
+    """Learning rate of an epoch: linear warm-up, then step decay or cosine.
+
+    Warm-up reaches ``lr`` at epoch ``warmup_epochs`` - 1 (the original started at 0,
+    which wasted the first epoch)."""
+    if epoch < warmup_epochs:
+        return lr * (epoch + 1) / warmup_epochs
+    if schedule == "step":
+        return lr * lr_gamma ** sum(epoch >= s for s in lr_steps)
+    if schedule == "cos":
+        span = max(1, epoch_num - warmup_epochs)
+        return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * (epoch - warmup_epochs) / span)) / 2
+    raise ValueError(f"unknown lr_schedule {schedule!r}; use 'step' or 'cos'")
+
+
+def epoch_lr(epoch: int, optim: OptimSettings) -> float:
+    return lr_at(epoch, lr=optim.lr, schedule=optim.lr_schedule, warmup_epochs=optim.warmup_epochs,
+                 epoch_num=optim.epoch_num, lr_steps=optim.lr_steps, lr_gamma=optim.lr_gamma)
+
+
+def make_optimizer(model: SkeletonTextModel, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    # No weight decay on the temperature: decay would pull the scale towards 1.
+    decay = [p for n, p in model.named_parameters() if n != "logit_scale" and p.requires_grad]
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if model.logit_scale.requires_grad:
+        groups.append({"params": [model.logit_scale], "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def train_and_select(s: Settings, data: ZeroShotData, text: torch.Tensor, model: SkeletonTextModel,
+                     device: torch.device, tracker: Tracker, generator: torch.Generator, folder: Path) -> Outcome:
+    """The epoch loop with per-epoch selection; resumable from ``last.pt`` (``s.run.resume``)."""
+    optim, ev, precision = s.optim, s.eval, s.run.precision
+    text_dev = text.to(device)
+    loss_fn = get_loss(s.loss.name)
+    optimizer = make_optimizer(model, optim.lr, optim.momentum, optim.weight_decay)
+    select_on = data.unseen if ev.by_test else data.val
+    ckpt_path, state_path = best_path(folder), folder / STATE_FILE
+
+    best = {"score": -1.0, "epoch": -1, "state": None}
+    history: list[dict] = []
+    start_epoch, spent = 0, 0.0
+    if s.run.resume:
+        state = load_state(s.run.resume, s.config)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"], generator)
+        best, history, start_epoch, spent = state["best"], state["history"], state["next_epoch"], state["train_seconds"]
+        for epoch, metrics in enumerate(history):  # the new run record gets the whole curve
+            for k, v in metrics.items():
+                tracker.log_scalar(k, v, epoch)
+        log.info("resuming %s at epoch %d/%d", s.run.resume, start_epoch + 1, optim.epoch_num)
+
+    t_start = time.time() - spent
+    for epoch in range(start_epoch, optim.epoch_num):
+        t0 = time.time()
+        lr = epoch_lr(epoch, optim)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        loss = train_epoch(model, data.train, text_dev, optimizer, loss_fn, batch_size=optim.batch_size,
+                           generator=generator, device=device, loss_kwargs=s.loss.kwargs(),
+                           desc=f"epoch {epoch + 1}/{optim.epoch_num}", precision=precision)
+        sel = zero_shot_eval(embed(model, select_on.x, batch_size=ev.batch_size, device=device, precision=precision),
+                             select_on.y, select_on.classes, text)
+        metrics = {"train_loss": loss, "lr": lr, "temperature": 1.0 / model.scale().item()}
+        metrics["unseen_top1_monitor" if ev.by_test else "val_top1"] = sel.top1
+        if ev.monitor_unseen and not ev.by_test:
+            mon = zero_shot_eval(embed(model, data.unseen.x, batch_size=ev.batch_size, device=device,
+                                       precision=precision), data.unseen.y, data.unseen.classes, text, ev.align)
+            metrics["unseen_top1_monitor"] = mon.top1
+            if mon.top1_aligned is not None:
+                metrics["unseen_top1_aligned_monitor"] = mon.top1_aligned
+        if sel.top1 > best["score"]:
+            best = {"score": sel.top1, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            save_checkpoint(ckpt_path, model, s.config, epoch, {"selection_top1": sel.top1})
+        metrics["epoch_seconds"] = time.time() - t0
+        history.append(metrics)
+        save_state(state_path, model=model, optimizer=optimizer, generator=generator, cfg=s.config,
+                   next_epoch=epoch + 1, best=best, history=history, train_seconds=time.time() - t_start)
+        for k, v in metrics.items():
+            tracker.log_scalar(k, v, epoch)
+        log.info("epoch %d/%d  loss %.4f  lr %.4g  %s %.2f%%%s  (%.1fs)", epoch + 1, optim.epoch_num, loss, lr,
+                 "unseen(selection)" if ev.by_test else "val", sel.top1,
+                 f"  unseen(monitor) {metrics['unseen_top1_monitor']:.2f}%" if "unseen_top1_monitor" in metrics
+                 and not ev.by_test else "", metrics["epoch_seconds"])
+    model.load_state_dict(best["state"])
+    return Outcome(best["epoch"], best["score"], time.time() - t_start, ckpt_path)

@@ -1,0 +1,152 @@
+"""The run's configuration unpacked once, at the track boundary, into small typed settings.
+
+``Settings.from_config(cfg)`` reads every entry the loop needs from the flat Sacred config
+(``config.py`` holds every default, nowhere else does); the functions below the track
+boundary take only the part they use. The full config stays available as
+``Settings.config``: checkpoints and resume state carry it, so a checkpoint describes the
+run that made it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    dataset: str
+    data_root: str
+    split: str | int
+    unseen_classes: tuple[int, ...]
+    val_classes: tuple[int, ...]
+    val_seed: int          # seeds the GZSL hold-out (and drew the validation classes)
+    max_frame: int         # T the model sees
+    gzsl: bool
+    gzsl_holdout: float
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The backbone's architecture entries (passed to its factory by name), the head and the temperature."""
+    backbone: str
+    in_channels: int
+    hidden_channels: int
+    out_channels: int
+    dropout: float
+    graph_layout: str
+    graph_strategy: str
+    max_hop: int
+    edge_importance: bool
+    temporal_kernel: int
+    num_person: int
+    shift_impl: str
+    shift_pos_grad: str
+    formulation: str
+    text_dim: int
+    init_temperature: float
+    learn_temperature: bool
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    kind: str
+    model: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    lr: float
+    momentum: float
+    weight_decay: float
+    epoch_num: int
+    batch_size: int
+    warmup_epochs: int
+    lr_schedule: str
+    lr_steps: tuple[int, ...]
+    lr_gamma: float
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    name: str
+    alpha: float
+    beta: float
+    margin: float
+
+    def kwargs(self) -> dict[str, float]:
+        return {"alpha": self.alpha, "beta": self.beta, "margin": self.margin}
+
+
+@dataclass(frozen=True)
+class AlignSettings:
+    """PGFA's prototype alignment (``module/align.py``)."""
+    support_factor: float
+    min_support: int
+    entropy_scale: float
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    selection: str                 # "val" | "test"
+    monitor_unseen: bool
+    batch_size: int
+    align: AlignSettings | None    # None: no alignment (DA=False)
+    exemplar_seed: int             # one_shot
+    one_shot_text_weight: float
+
+    @property
+    def by_test(self) -> bool:
+        return self.selection == "test"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    train_mode: str
+    seed: int
+    device: str
+    precision: str
+    data_on_device: str | bool
+    out_dir: str
+    resume: str
+    checkpoint: str
+    mongo_url: str
+    tag: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    data: DataSettings
+    model: ModelSettings
+    text: TextSettings
+    optim: OptimSettings
+    loss: LossSettings
+    eval: EvalSettings
+    run: RunSettings
+    config: dict  # the full (plain, redacted) config, stored with checkpoints
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "Settings":
+        """Unpack a run config (``config.py``'s keys); a missing entry is a ``KeyError`` naming it."""
+        c = cfg
+        align = AlignSettings(float(c["support_factor"]), int(c["min_support"]), float(c["entropy_scale"])) \
+            if c["DA"] else None
+        return cls(
+            data=DataSettings(c["dataset"], str(c["data_root"]), c["split"], tuple(c["unseen_classes"]),
+                              tuple(c["val_classes"]), int(c["val_seed"]), int(c["max_frame"]), bool(c["gzsl"]),
+                              float(c["gzsl_holdout"])),
+            model=ModelSettings(c["backbone"], c["in_channels"], c["hidden_channels"], c["out_channels"], c["dropout"],
+                                c["graph_layout"], c["graph_strategy"], c["max_hop"], c["edge_importance"],
+                                c["temporal_kernel"], c["num_person"], c["shift_impl"], c["shift_pos_grad"],
+                                c["formulation"], int(c["text_dim"]), float(c["init_temperature"]),
+                                bool(c["learn_temperature"])),
+            text=TextSettings(c["text_kind"], c["text_model"], int(c["text_dim"])),
+            optim=OptimSettings(float(c["lr"]), float(c["momentum"]), float(c["weight_decay"]), int(c["epoch_num"]),
+                                int(c["batch_size"]), int(c["warmup_epochs"]), c["lr_schedule"],
+                                tuple(c["lr_steps"]), float(c["lr_gamma"])),
+            loss=LossSettings(c["loss_type"], float(c["loss_alpha"]), float(c["loss_beta"]), float(c["loss_margin"])),
+            eval=EvalSettings(c["selection"], bool(c["monitor_unseen"]), int(c["eval_batch_size"]), align,
+                              int(c["exemplar_seed"]), float(c["one_shot_text_weight"])),
+            run=RunSettings(c["train_mode"], int(c["seed"]), c["device"], c["precision"], c["data_on_device"],
+                            c["out_dir"], c["resume"], str(c["checkpoint"]), c["mongo_url"], c["tag"]),
+            config=dict(cfg),
+        )

@@ -1,0 +1,103 @@
+"""The per-step work of every track: index batches over in-memory tensors, the forward
+precision, data placement, one training pass, and embedding a whole subset."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+from typing import Iterator
+
+import torch
+from tqdm import tqdm
+
+from data.loading import Subset
+from module.head import SkeletonTextModel
+
+log = logging.getLogger("pgfa")
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+            drop_last: bool = False) -> Iterator[torch.Tensor]:
+    """Index batches over an in-memory dataset (no loader workers: faster on few cores)."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for s in range(0, stop, batch_size):
+        yield order[s:s + batch_size]
+
+
+def autocast(device: torch.device, precision: str):
+    """``precision="bf16"``: the forward pass under ``torch.autocast`` to bfloat16 (CPU or CUDA;
+    weights, gradients and the optimiser stay float32). ``"fp32"``: no autocast."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def place_subset(subset: Subset, device: torch.device, mode: str | bool = "auto") -> Subset:
+    """The subset with its tensors resident on ``device`` (no per-batch host-to-device copies).
+
+    ``mode``: True moves it, False keeps it in host memory (batches are copied per step),
+    ``"auto"`` moves it when it takes at most half of the device's free memory (always on
+    the CPU, where it already is)."""
+    if device.type == "cpu" or mode is False or subset.x.device == device:
+        return subset
+    if mode == "auto":
+        free, _ = torch.cuda.mem_get_info(device) if device.type == "cuda" else (0, 0)
+        size = subset.x.numel() * subset.x.element_size() + subset.y.numel() * subset.y.element_size()
+        if size > free // 2:
+            log.info("data stays in host memory: %.1f GiB > half of the %.1f GiB free on %s",
+                     size / 2 ** 30, free / 2 ** 30, device)
+            return subset
+    elif mode is not True:
+        raise ValueError(f"data_on_device must be True, False or 'auto', got {mode!r}")
+    return Subset(subset.x.to(device), subset.y.to(device), subset.classes)
+
+
+def progress(iterable, total: int, desc: str):
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
+                mininterval=1.0, disable=None)
+
+
+def train_epoch(model: SkeletonTextModel, data: Subset, text: torch.Tensor, optimizer, loss_fn, *,
+                batch_size: int, generator: torch.Generator, device: torch.device, loss_kwargs: dict,
+                desc: str = "train", precision: str = "fp32") -> float:
+    """One pass over the training samples; returns the sample-weighted mean loss.
+
+    ``precision="bf16"`` runs the forward pass under bfloat16 autocast; the loss is computed
+    in float32."""
+    model.train()
+    total, seen = 0.0, 0
+    n_batches = len(data) // batch_size if len(data) >= batch_size else 1
+    for idx in progress(batches(len(data), batch_size, shuffle=True, generator=generator, drop_last=True),
+                        n_batches, desc):
+        idx = idx.to(data.x.device)  # resident data (place_subset) is indexed where it lives
+        x = data.x[idx].to(device, non_blocking=True)
+        y = data.y[idx].to(device, non_blocking=True)
+        with autocast(device, precision):
+            emb = model(x)
+        loss = loss_fn(emb.float(), text[y], y, model.scale(), **loss_kwargs)
+        value = loss.item()  # one device sync per step, checked before the weights change
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} ({desc}); lower lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += value * len(idx)
+        seen += len(idx)
+    return total / max(seen, 1)
+
+
+@torch.no_grad()
+def embed(model: SkeletonTextModel, x: torch.Tensor, *, batch_size: int, device: torch.device,
+          desc: str = "embed", precision: str = "fp32") -> torch.Tensor:
+    """(N, text_dim) embeddings of a whole subset, in order (float32, on the CPU)."""
+    model.eval()
+    with autocast(device, precision):
+        out = [model(x[idx.to(x.device)].to(device)).float().cpu()
+               for idx in progress(batches(len(x), batch_size, shuffle=False), math.ceil(len(x) / batch_size), desc)]
+    return torch.cat(out)

@@ -1,0 +1,91 @@
+"""Sweeps (grid, skip what is COMPLETED) and the results table."""
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from experiments.files import PROJECT_ROOT
+from experiments.tracking import dbserver
+from experiments.suite.report import aggregate, bar_chart, to_markdown
+from experiments.suite.sweep import Point, command, completed_query, grid
+from tracking_support import cli_env, database, free_port, needs_server
+
+
+def test_grid_defaults_to_the_tracks_splits_and_orders_points():
+    pts = grid(["ntu60"], [], [0, 1], {"a": {}, "b": {"DA": False}}, {"epoch_num": 3}, data_root="data")
+    assert [p.split for p in pts[:4]] == [1, 1, 1, 1] and len(pts) == 3 * 2 * 2
+    assert pts[2].variant == "b" and pts[2].updates() == {"epoch_num": 3, "DA": False, "dataset": "ntu60",
+                                                          "split": 1, "seed": 0, "tag": "b"}
+    sota = grid(["ntu60"], [], [0], {"x": {}}, {"train_mode": "sota"}, data_root="data")
+    assert [p.split for p in sota] == [5, 12]
+    with pytest.raises(ValueError, match=r"splits \['9'\] not defined"):
+        grid(["ntu60"], [9], [0], {"x": {}}, {}, data_root="data")
+
+
+def test_point_query_and_command_line():
+    p = Point("demo", 2, 1, "labels", {"text_kind": "labels", "DA": False})
+    q = completed_query(p)
+    assert q["status"] == "COMPLETED" and q["config.split"] == 2 and q["config.tag"] == "labels"
+    assert q["config.text_kind"] == "labels" and q["config.DA"] is False
+    args = command(p, python="py")
+    assert args[2] == "with" and "text_kind='labels'" in args and "DA=False" in args and "split=2" in args
+
+
+def doc(_id, seed, top1, aligned=None, tag="", split=1, **cfg):
+    res = {"unseen_top1": top1, "unseen_per_class_mean": top1, "selection": "val"}
+    if aligned is not None:
+        res["unseen_top1_aligned"] = aligned
+    config = {"dataset": "demo", "split": split, "train_mode": "main", "seed": seed, "tag": tag, "lr": 0.05, **cfg}
+    return {"_id": _id, "config": config, "result": res}
+
+
+def test_aggregate_mean_std_over_seeds_and_variants():
+    runs = [doc(1, 0, 60.0, 62.0), doc(2, 1, 70.0, 66.0), doc(3, 2, 80.0, 70.0),
+            doc(4, 0, 50.0, lr=0.1), doc(5, 0, 10.0, tag="mine"), doc(6, 0, 20.0, tag="mine")]
+    rows = {r.variant: r for r in aggregate(runs)}
+    assert set(rows) == {"lr=0.05", "lr=0.1", "mine"}
+    m, s = rows["lr=0.05"].stat("unseen_top1")
+    assert m == pytest.approx(70.0) and s == pytest.approx(10.0)  # sample std of 60, 70, 80
+    assert rows["lr=0.05"].stat("unseen_top1_aligned")[0] == pytest.approx(66.0)
+    assert rows["lr=0.05"].transductive and not rows["lr=0.1"].transductive
+    assert rows["mine"].seeds == [0] and rows["mine"].stat("unseen_top1") == (20.0, 0.0)  # the later run wins
+    md = to_markdown(list(rows.values()))
+    assert "70.00 ± 10.00" in md and "transductive" in md and "| val |" in md
+
+
+def test_quoted_numbers_are_labelled(tmp_path):
+    runs = [doc(1, 0, 55.0, 58.0, split=5, dataset="ntu60", train_mode="sota")]
+    rows = aggregate(runs)
+    md = to_markdown(rows)
+    assert "PGFA 80.26" in md and "quoted (published, test-selected)" in md
+    bar_chart(rows, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").stat().st_size > 5000
+
+
+@needs_server
+@pytest.mark.slow
+def test_sweep_fills_the_table_and_a_rerun_starts_nothing(demo_root, tmp_path):
+    env = cli_env(tmp_path / "tracking", free_port())
+    base = ("{'text_model': 'minilm', 'text_kind': 'labels', 'epoch_num': 1, 'hidden_channels': 4, "
+            "'out_channels': 32, 'batch_size': 64, 'warmup_epochs': 1, 'monitor_unseen': False}")
+    args = [sys.executable, "main.py", "sweep", "with", f"data_root={str(demo_root)!r}", "sweep.datasets=['demo']",
+            "sweep.splits=[1, 2]", "sweep.seeds=[0, 1]", f"sweep.base={base}"]
+    try:
+        out = subprocess.run(args, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "sweep: 4 completed" in out.stdout
+        db = database(dbserver.read_server_state(tmp_path / "tracking").url)
+        assert db.runs.count_documents({"status": "COMPLETED"}) == 4
+        rep = subprocess.run([sys.executable, "main.py", "results", "with", f"report.out={str(tmp_path / 'res')!r}"],
+                             env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+        assert rep.returncode == 0, rep.stderr[-3000:]
+        rows = list(csv.DictReader(open(tmp_path / "res" / "results.csv")))
+        assert [(r["split"], r["seeds"]) for r in rows] == [("1", "0 1"), ("2", "0 1")]
+        assert (tmp_path / "res" / "results.png").is_file() and "| demo | 1 |" in rep.stdout
+        again = subprocess.run(args, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0 and "sweep: 4 skipped" in again.stdout, again.stdout[-2000:]
+        assert db.runs.count_documents({}) == 4
+    finally:
+        subprocess.run([sys.executable, "main.py", "server_stop"], env=env, cwd=PROJECT_ROOT, capture_output=True,
+                       timeout=60)
