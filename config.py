@@ -8,18 +8,17 @@ entry can still be overridden on the command line; unknown keys are refused.
 
 Building the configuration is pure: it reads only small static data (the dataset
 catalog, the split lists, a local text model's config file) and imports no framework.
-The one step that reads a checkpoint (``train_mode="test"``) runs when a run starts
-(``Experiment.run``), and what it applies is recorded in the run's config.
+The checks and the one step that reads a checkpoint (``train_mode="test"``) run when a
+run starts (``experiments/experiment.py``), and what they apply is recorded in the run's config.
 """
 from __future__ import annotations
 
-import sacred
 from sacred import Ingredient
 from sacred.host_info import host_info_gatherer
-from sacred.initialize import create_run
 from sacred.settings import SETTINGS
 
 from data.catalog import TRACKS, dataset_splits, default_split, draw_val_classes, get_dataset, split_spec
+from experiments.experiment import Experiment
 from experiments.files import DATA_DIR
 from experiments.runtime import applied_allocator
 from experiments.tracking.output import clean_output, experiment_logger, plain, project_sources
@@ -99,24 +98,6 @@ def report_config():
 def _allocator() -> str:
     """The memory allocator the entry point applied (experiments/runtime.py); '' for none."""
     return applied_allocator()
-
-
-class Experiment(sacred.Experiment):
-    """Sacred's Experiment with one explicit step before a training-command run: for
-    ``train_mode="test"``, the checkpoint's model entries (and its dataset and split, where
-    the command gives none) become config updates of the run, so the recorded config
-    describes the evaluated model (``experiments.train.checkpoints.checkpoint_updates``)."""
-
-    def run(self, command_name=None, config_updates=None, named_configs=(), info=None, meta_info=None,
-            options=None):
-        updates = dict(config_updates or {})
-        if (command_name or self.default_command) == self.default_command:
-            cfg = create_run(self, "print_config", updates, named_configs=named_configs).config
-            if cfg["train_mode"] == "test":
-                from experiments.train.checkpoints import checkpoint_updates  # torch: only for this track
-
-                updates.update(checkpoint_updates(cfg["checkpoint"], cfg["mongo_url"], updates, cfg["dataset"]))
-        return super().run(command_name, updates, named_configs, info, meta_info, options)
 
 
 ex = Experiment("pgfa", ingredients=[raw, new_split, sweep, report], save_git_info=False,

@@ -18,6 +18,8 @@ from typing import BinaryIO, Callable, Iterator
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
 RUNS_DIR = PROJECT_ROOT / "runs"
+BEST_FILE = "best.pt"    # a run folder's selected checkpoint
+STATE_FILE = "last.pt"   # a run folder's resumable state, written after every epoch
 
 
 def _temporary(path: Path) -> Path:

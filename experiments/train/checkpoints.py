@@ -19,10 +19,9 @@ from pathlib import Path
 import gridfs
 import torch
 
-from experiments.files import RUNS_DIR, write_bytes_atomic
+from experiments.files import BEST_FILE, RUNS_DIR, write_bytes_atomic
 from experiments.tracking.database import connect, resolve_target
 
-BEST_FILE = "best.pt"
 FETCH_DIR = RUNS_DIR / "fetched"
 
 # Config entries that define the trained model and what it expects as input.

@@ -14,10 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.files import RUNS_DIR, write_atomic
-from experiments.train.checkpoints import BEST_FILE
+from experiments.files import BEST_FILE, RUNS_DIR, STATE_FILE, write_atomic
 
-STATE_FILE = "last.pt"
 # Entries that may differ between a run and its continuation (where and how it is recorded).
 RESUME_FREE_KEYS = {"resume", "out_dir", "mongo_url", "offline", "device", "shift_impl", "eval_batch_size"}
 

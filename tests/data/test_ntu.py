@@ -8,7 +8,7 @@ import pytest
 from conftest import shared
 from data import ntu
 from data.ntu import NTUName, NTUSkeletonSource, PysklSource, denoise, read_skeleton
-from data.prepare import convert_item
+from data.samples import convert_item
 from data.raw import Item, RawFormatError, Skip
 
 TRUNCATED = {"S005C002P013R002A056", "S012C001P008R002A030"}

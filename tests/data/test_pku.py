@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from data.pku import PKUSource, read_labels, read_split_file
-from data.prepare import build_samples
+from data.samples import build_samples
 from data.raw import RawFormatError, Sequence, Skip
 
 

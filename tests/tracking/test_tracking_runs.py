@@ -64,9 +64,9 @@ def assert_complete(db, doc, epochs: int = 2, allocator: str | None = None) -> N
     want = (os.environ.get("PGFA_ALLOCATOR") or default_allocator()) if allocator is None else allocator
     assert doc["host"]["allocator"] == want
     sources = dict(doc["experiment"]["sources"])
-    assert {"main.py", "config.py", "experiments/train.py", "module/stgcn.py"} <= set(sources)
-    assert gridfs.GridFS(db).get(sources["experiments/train.py"]).read() == \
-        (PROJECT_ROOT / "experiments" / "train.py").read_bytes()
+    assert {"main.py", "config.py", "experiments/train/loop.py", "module/stgcn.py"} <= set(sources)
+    assert gridfs.GridFS(db).get(sources["experiments/train/loop.py"]).read() == \
+        (PROJECT_ROOT / "experiments" / "train" / "loop.py").read_bytes()
     out = doc["captured_out"]
     assert f"epoch {epochs}/{epochs}" in out and "unseen top-1" in out and "\r" not in out and len(out) <= OUTPUT_LIMIT
     metrics = metrics_of(db, doc["_id"])

@@ -49,7 +49,7 @@ def test_stale_state_file_is_not_trusted(tracking):
 def test_concurrent_starters_share_one_server(tracking):
     """Three processes asking for the server at the same moment get one server."""
     go = time.time() + 3  # all start their call at the same wall-clock time
-    code = ("import time, sys; from experiments import dbserver; time.sleep(max(0, %r - time.time())); "
+    code = ("import time, sys; from experiments.tracking import dbserver; time.sleep(max(0, %r - time.time())); "
             "i = dbserver.ensure_running(); print(i.pid, i.port)" % go)
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
                               env=dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))) for _ in range(3)]

@@ -66,7 +66,7 @@ def test_captured_output_is_capped_head_and_tail_and_stays_capped_as_it_grows():
 
 def test_project_sources_are_the_code_only(tmp_path):
     found = {p.relative_to(PROJECT_ROOT).as_posix() for p in project_sources()}
-    assert {"main.py", "config.py", "experiments/train.py", "module/stgcn.py"} <= found
+    assert {"main.py", "config.py", "experiments/train/loop.py", "module/stgcn.py"} <= found
     assert not any(p.startswith((".", "tests/")) or "/." in p for p in found)
     for f in ["main.py", "pkg/__init__.py", "pkg/a.py", "pkg/sub/__init__.py", "pkg/sub/b.py", "pkg/data/c.py",
               "venv/lib/python3.11/site-packages/torch/__init__.py", ".venv/lib/d.py", "tests/test_x.py"]:
