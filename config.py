@@ -17,7 +17,8 @@ from sacred import Ingredient
 from sacred.host_info import host_info_gatherer
 from sacred.settings import SETTINGS
 
-from data.catalog import TRACKS, dataset_splits, default_split, draw_val_classes, get_dataset, split_spec
+from data.catalog import (TRACKS, dataset_splits, default_split, default_val_count, draw_val_classes, get_dataset,
+                          split_spec)
 from experiments.experiment import Experiment
 from experiments.files import DATA_DIR
 from experiments.runtime import applied_allocator
@@ -56,7 +57,7 @@ def new_split_config():
     unseen = []  # explicit unseen class ids (then ids=[one name])
     val = []  # explicit validation class ids
     num_unseen = 5  # drawn splits: unseen classes per split
-    num_val = None  # drawn splits: validation classes (None = num_unseen)
+    num_val = None  # drawn splits: validation classes (None = as many as unseen, at most a quarter of the seen)
     seeds = [1, 2, 3]  # one drawn split per seed
     ids = []  # split ids; [] = the seeds
 
@@ -153,8 +154,9 @@ def config():
     max_frame = _d.get("max_frame", _spec.frames)  # T the model sees; other lengths are resampled
     unseen_classes = list(_split["unseen"])
     val_seed = 0  # draws the validation classes where the split publishes none
+    # where the split publishes none: drawn from the seen classes (data/catalog.py: default_val_count)
     val_classes = list(_split["val"]) if _split["val"] else draw_val_classes(
-        _spec.num_classes, unseen_classes, len(unseen_classes), val_seed)
+        _spec.num_classes, unseen_classes, default_val_count(_spec.num_classes, len(unseen_classes)), val_seed)
     out_dir = ""  # checkpoints and resumable state; "" = runs/<time>-<dataset>-split<k>-<mode>-seed<s>
     resume = ""  # a run folder holding last.pt: continue that run where it stopped (same config)
 
@@ -186,7 +188,7 @@ def config():
     momentum = 0.9
     weight_decay = 5e-4
     epoch_num = _d.get("epoch_num", 50)
-    batch_size = _d.get("batch_size", 128)
+    batch_size = _d.get("batch_size", "auto")  # auto: from the training-set size (several steps per epoch)
     eval_batch_size = 256
     warmup_epochs = _d.get("warmup_epochs", 5)
     lr_schedule = "step"  # step | cos

@@ -22,6 +22,7 @@ import os
 import sys
 
 from config import ex, sweep_settings
+from experiments.experiment import use_short_errors
 from experiments.tracking.output import interrupt_on_sigterm
 
 # Heavy modules (torch, the text models, the database client) are imported inside the commands
@@ -36,15 +37,68 @@ HEAVY_COMMANDS = {"run"}
 @ex.main
 def run(_config, _run):
     """Train and evaluate the configured track; the result dict is the run's result."""
+    from experiments.tracking.observer import run_config
     from experiments.tracking.output import plain, redact
     from experiments.tracking.tracker import SacredTracker
     from experiments.train import tracks
 
     tracker = SacredTracker(_run)
     runner = getattr(tracks, TRACK_RUNNERS[_config["train_mode"]])
-    result = runner(redact(plain(_config)), tracker)  # the checkpoint stores this config
+    try:
+        result = runner(run_config(redact(plain(_config))), tracker)  # the checkpoint stores this config
+    except KeyboardInterrupt:
+        folder = _run.info.get("run_folder")
+        if folder:
+            print(f"\ninterrupted; continue this run with:\n  {resume_command(_run, folder)}", file=sys.stderr,
+                  flush=True)
+        raise
     tracker.summarize(result)
+    print(end_summary(_config, _run, result), flush=True)
     return result
+
+
+def _arg(key: str, value) -> str:
+    """``key=value`` as Sacred parses it, quoted for a POSIX shell where needed."""
+    import re
+    import shlex
+
+    text = value if isinstance(value, str) and re.fullmatch(r"[\w./:-]+", value) else repr(value)
+    return shlex.quote(f"{key}={text}")
+
+
+def resume_command(_run, folder: str) -> str:
+    """The command that continues an interrupted run: its own settings plus ``resume=<folder>``."""
+    updates = {k: v for k, v in (_run.meta_info.get("config_updates") or {}).items() if k not in ("resume", "out_dir")}
+    named = list(_run.meta_info.get("named_configs") or [])
+    words = ["python", "main.py", "with", *named, *(_arg(k, v) for k, v in updates.items()), _arg("resume", folder)]
+    return " ".join(words)
+
+
+def end_summary(cfg: dict, _run, result: dict) -> str:
+    """What a user needs after a run: where its files are, how to browse it, what keeps running."""
+    from pathlib import Path
+
+    from experiments.tracking import dbserver
+    from experiments.tracking.database import MONGO_URL_ENV
+    from experiments.tracking.output import redact_text
+
+    folder = Path(result.get("checkpoint", "")).parent
+    lines = ["", f"run {_run._id} finished: unseen top-1 {result['unseen_top1']:.2f}% inductive"
+             + (f", {result['unseen_top1_aligned']:.2f}% aligned" if result.get("unseen_top1_aligned") is not None else ""),
+             f"  files:   {folder}/ ({', '.join(sorted(p.name for p in folder.glob('*') if p.is_file()))})"]
+    url = cfg["mongo_url"] or os.environ.get(MONGO_URL_ENV, "")
+    if cfg["offline"]:
+        lines.append("  record:  offline (upload it with: python main.py sync)")
+    elif url:
+        lines.append(f"  record:  {redact_text(url)}; browse: python main.py omniboard")
+    else:
+        info = dbserver.read_server_state()
+        if info is not None:
+            lines.append(f"  record:  the embedded run database, {info.url} (pid {info.pid}, data {info.storage}); it "
+                         "keeps running for browsing")
+            lines.append("  browse:  make omniboard  (or python main.py omniboard; http://127.0.0.1:9000/)")
+            lines.append("  stop it: make server-stop  (or python main.py server_stop)")
+    return "\n".join(lines)
 
 
 @ex.command(unobserved=True)
@@ -275,4 +329,5 @@ if __name__ == "__main__":
         ensure_allocator_settings()  # re-executes this command once under the chosen allocator
         attach_observers(ex)
     interrupt_on_sigterm()
+    use_short_errors()
     ex.run_commandline()

@@ -39,13 +39,14 @@ DATASETS: dict[str, DatasetSpec] = {
         # Sized so the whole demo job runs in a few minutes on a 2-core CPU.
         defaults={"epoch_num": 10, "batch_size": 32, "warmup_epochs": 1, "lr_steps": [7]},
     ),
-    "ntu60": DatasetSpec("ntu60", 60, "ntu25", 2, 50, prepare="python main.py prepare with dataset=ntu60"),
+    "ntu60": DatasetSpec("ntu60", 60, "ntu25", 2, 50, prepare="python main.py prepare with dataset=ntu60",
+                         defaults={"batch_size": 128}),
     "ntu120": DatasetSpec("ntu120", 120, "ntu25", 2, 50, prepare="python main.py prepare with dataset=ntu120",
-                          defaults={"support_factor": 0.4, "lr": 0.005}),
+                          defaults={"support_factor": 0.4, "lr": 0.005, "batch_size": 128}),
     "pku": DatasetSpec("pku", 51, "ntu25", 2, 50,
                        prepare="python main.py prepare with dataset=pku raw.path=<PKU_Skeleton_Renew> "
                                "raw.labels=<Train_Label_PKU_final> raw.split_file=<cross-subject.txt>",
-                       defaults={"support_factor": 1.0}),
+                       defaults={"support_factor": 1.0, "batch_size": 128}),
     # Kinect v1, one person. Small datasets: smaller batches so an epoch has several steps.
     "utd_mhad": DatasetSpec("utd_mhad", 27, "kinect20", 1, 50,
                             prepare="python main.py prepare with dataset=utd_mhad raw.path=<folder of *_skeleton.mat>",
@@ -150,6 +151,15 @@ def split_spec(dataset: str, split: str | int, data_root: str | Path | None = No
         if bad:
             raise ValueError(f"{SPLITS_FILE}: {dataset} split {key} {kind} ids {bad} outside 0..{num_classes - 1}")
     return spec
+
+
+def default_val_count(num_classes: int, num_unseen: int) -> int:
+    """Validation classes held out of the seen ones where a split publishes none: as many as
+    the unseen classes, but at most a quarter of the seen classes (at least 2, the fewest that
+    can rank checkpoints), so enough classes are left to train on. NTU/PKU/UTD-MHAD keep
+    the unseen count; 10 classes with 3 unseen hold out 2 and train on 5."""
+    seen = num_classes - num_unseen
+    return max(2, min(num_unseen, seen // 4))
 
 
 def draw_val_classes(num_classes: int, unseen: list[int], count: int, seed: int) -> list[int]:

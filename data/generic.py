@@ -10,7 +10,7 @@
 * ``file``: path relative to the folder of a ``.npz`` (array ``joints``) or ``.npy`` file
   holding ``(T, V, 3)`` joints of one actor or ``(M, T, V, 3)`` of M actors (metres,
   an absent actor's frames all zero); V must match the chosen graph layout.
-* ``class``: a name from ``classes.csv``; ``subject``: an integer.
+* ``class``: a name from ``classes.csv``; ``subject``: the performer, any name or number.
 * ``split`` (optional): ``train`` or ``test`` per sequence; without it the training
   subjects are given as ``raw.train_subjects``.
 * ``description`` / ``parts`` (optional, for every class or for none): the texts of
@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -106,8 +107,8 @@ def load_sequence_file(path: str | Path) -> np.ndarray:
             x = np.load(path, allow_pickle=False)
         else:
             raise RawFormatError(f"{path}: unsupported file type {path.suffix!r}; use .npz (array 'joints') or .npy")
-    except (ValueError, OSError, EOFError) as exc:
-        raise RawFormatError(f"{path}: not a readable numpy file ({exc})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise RawFormatError(f"{path}: not a readable numpy file ({type(exc).__name__}: {exc})") from None
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[-1] != 3:
@@ -125,7 +126,7 @@ class GenericSource(Source):
         super().__init__()
         self.dataset, self.folder, self.layout, self.persons = name, Path(folder), layout, int(persons)
         self.joints = get_layout(layout).num_joints
-        self.train_subjects = set(int(s) for s in (train_subjects or []))
+        self.train_subjects = set(str(s) for s in (train_subjects or []))  # subjects compare as text
         self.classes = read_classes(folder)
         self.class_ids = {c["name"]: i for i, c in enumerate(self.classes)}
         self.rows: dict[str, dict] = {}
@@ -138,10 +139,9 @@ class GenericSource(Source):
             where = f"{path}: line {i}"
             if row["class"] not in self.class_ids:
                 raise RawFormatError(f"{where}: class {row['class']!r} is not in {CLASSES_FILE}")
-            try:
-                row["subject"] = int(row["subject"])
-            except ValueError:
-                raise RawFormatError(f"{where}: subject {row['subject']!r} is not an integer") from None
+            if not row["subject"]:
+                raise RawFormatError(f"{where}: no subject (any name or number of the performer)")
+            row["subject"] = int(row["subject"]) if row["subject"].isdigit() else row["subject"]
             split = row.get("split", "")
             if "split" in row and split not in ("train", "test"):
                 raise RawFormatError(f"{where}: split {split!r}; use 'train' or 'test'")
@@ -163,7 +163,7 @@ class GenericSource(Source):
         if joints.shape[0] > self.persons:
             return [Skip(item.key, item.path, f"{item.key}: {joints.shape[0]} actors, the dataset is registered "
                                               f"with raw.persons={self.persons}")]
-        train = row["split"] == "train" if "split" in row else row["subject"] in self.train_subjects
+        train = row["split"] == "train" if "split" in row else str(row["subject"]) in self.train_subjects
         meta = {"subject": row["subject"], "view": row.get("view", "")}
         return [Sequence(item.key, self.class_ids[row["class"]], joints, meta, {PROTOCOL: train})]
 

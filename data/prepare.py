@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from data.arrays import PARTS, part_paths, save_npy_atomic, write_npy_chunks
-from data.catalog import dataset_root, dataset_splits, draw_val_classes, get_dataset, split_dir, split_spec
+from data.catalog import (dataset_root, dataset_splits, default_val_count, draw_val_classes, get_dataset, split_dir,
+                          split_spec)
 from data.raw import Source
 from data.samples import PIPELINE_VERSION, Log, SampleSet, build_samples, peak_rss_mib, samples_dir
 from data.skeleton import origin_index
@@ -97,8 +98,9 @@ def split_classes(dataset: str, split: str | int, data_root: str | Path) -> tupl
     """Unseen and validation classes of a split (validation drawn as config.py does where none is published)."""
     spec = split_spec(dataset, split, data_root)
     unseen = list(spec["unseen"])
-    val = list(spec["val"]) if spec["val"] else draw_val_classes(get_dataset(dataset, data_root).num_classes,
-                                                                 unseen, len(unseen), VAL_SEED)
+    num_classes = get_dataset(dataset, data_root).num_classes
+    val = list(spec["val"]) if spec["val"] else draw_val_classes(num_classes, unseen,
+                                                                 default_val_count(num_classes, len(unseen)), VAL_SEED)
     return unseen, val
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.catalog import dataset_splits, get_dataset, user_splits, user_splits_file
+from data.catalog import dataset_splits, default_val_count, get_dataset, user_splits, user_splits_file
 from experiments.files import write_text_atomic
 
 
@@ -65,7 +65,8 @@ def build_splits(num_classes: int, *, unseen: list[int] | None = None, val: list
     Args:
         num_classes: the dataset's class count.
         unseen, val: explicit class ids (then ``ids`` must name the one split).
-        num_unseen, num_val: sizes of drawn splits (``num_val`` defaults to ``num_unseen``).
+        num_unseen, num_val: sizes of drawn splits (``num_val`` defaults to
+            ``data.catalog.default_val_count``).
         seeds: one drawn split per seed.
         ids: split ids; drawn splits default to ``str(seed)``.
     """
@@ -84,7 +85,7 @@ def build_splits(num_classes: int, *, unseen: list[int] | None = None, val: list
     names = [str(i) for i in ids] if ids else [str(s) for s in seeds]
     if len(names) != len(seeds) or len(set(names)) != len(names):
         raise SplitError(f"split ids {names} do not name the {len(seeds)} seeds {list(seeds)} one to one")
-    num_val = num_unseen if num_val is None else num_val
+    num_val = default_val_count(num_classes, num_unseen) if num_val is None else num_val
     return {name: draw_split(num_classes, num_unseen, num_val, s) for name, s in zip(names, seeds)}
 
 

@@ -11,15 +11,24 @@ that run before a training-command run is created (and so before anything is rec
   a missing split or text kind fails here, with the command that fixes it, instead of
   minutes into training and after a database run was created.
 
-Building the configuration stays pure; this is where its I/O happens.
+Building the configuration stays pure; this is where its I/O happens. Also here: the
+command line's one-line errors (``use_short_errors``).
 """
 from __future__ import annotations
 
 import difflib
+import os
+import sys
+import traceback
+from pathlib import Path
 
 import sacred
+import sacred.experiment
 from sacred.initialize import create_run
 from sacred.utils import ConfigAddedError
+from sacred.utils import print_filtered_stacktrace as sacred_print_stacktrace
+
+from experiments.files import PROJECT_ROOT, write_text_atomic
 
 COMMAND_INGREDIENTS = {"raw": "prepare / prepare_generic / make_split", "new_split": "prepare_generic / make_split",
                        "sweep": "sweep", "report": "results"}
@@ -58,12 +67,13 @@ class Experiment(sacred.Experiment):
         command = command_name or self.default_command
         cfg = self._resolve(command, updates, named_configs)
         if command == self.default_command:
-            stray = sorted(k for k in updates if k.split(".")[0] in COMMAND_INGREDIENTS)
+            stray = sorted(f"{k}.{sub}" if isinstance(updates[k], dict) else k
+                           for k in updates if k.split(".")[0] in COMMAND_INGREDIENTS
+                           for sub in (updates[k] if isinstance(updates[k], dict) else [k]))
             if stray:
                 owner = COMMAND_INGREDIENTS[stray[0].split(".")[0]]
-                raise ValueError(f"{', '.join(stray)} {'is' if len(stray) == 1 else 'are'} settings of the "
-                                 f"`{owner}` command, not of a training run; e.g. python main.py "
-                                 f"{owner.split(' / ')[0]} with {stray[0]}=...")
+                raise ValueError(f"{', '.join(stray)}: entries of the `{owner}` command, not of a training run; "
+                                 f"run it as: python main.py {owner.split(' / ')[0]} with {stray[0]}=...")
             if cfg["train_mode"] == "test":
                 from experiments.train.checkpoints import checkpoint_updates  # torch: only for this track
 
@@ -85,3 +95,39 @@ class Experiment(sacred.Experiment):
             raise ConfigAddedError(bad, message=f"unknown config entry {did_you_mean(bad, known)}; "
                                                 f"`python main.py print_config` lists every entry",
                                    print_conflicting_configs=False, print_suggestions=False) from None
+
+
+# Exceptions whose message is the whole story: a one-line error on the command line (the project's
+# own error classes all derive from these), with the traceback kept in a file and in the run record.
+USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError, KeyError)
+PROJECT_PACKAGES = ("config", "main", "data", "text", "descriptions", "module", "experiments")
+
+
+def _raised_by_project(tb) -> bool:
+    """Whether the innermost frame that raised is the project's own code (a deliberate message)."""
+    frames = traceback.extract_tb(tb)
+    project = [f for f in frames if Path(f.filename).resolve().is_relative_to(PROJECT_ROOT)
+               and ".venv" not in Path(f.filename).parts]
+    return bool(project) and project[-1] == frames[-1]
+
+
+def print_error(filter_traceback: str = "default") -> None:
+    """Sacred's error printer for the command line: the project's own errors as one message (the full
+    traceback goes to ``<tracking dir>/last_error.txt``); anything else as Sacred prints it."""
+    exc_type, exc, tb = sys.exc_info()
+    if not (isinstance(exc, USER_ERRORS) and _raised_by_project(tb)):
+        sacred_print_stacktrace(filter_traceback)
+        return
+    path = Path(os.environ.get("PGFA_TRACKING_DIR") or PROJECT_ROOT / ".tracking") / "last_error.txt"
+    try:
+        write_text_atomic(path, "".join(traceback.format_exception(exc_type, exc, tb)))
+        where = f" (traceback: {path})"
+    except OSError:
+        where = ""
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    print(f"error: {message}{where}", file=sys.stderr)
+
+
+def use_short_errors() -> None:
+    """Make Sacred's command line print ``print_error``'s messages."""
+    sacred.experiment.print_filtered_stacktrace = print_error

@@ -33,12 +33,25 @@ from pathlib import Path
 from sacred.observers import RunObserver
 from sacred.utils import IntervalTimer
 
+from experiments.experiment import COMMAND_INGREDIENTS
 from experiments.tracking import dbserver
 from experiments.tracking.database import (DEFAULT_DB, MONGO_ERRORS, TIMEOUT_MS, StrictMongoObserver, Target,
                                            TrackingError, connect, mongo_observer, resolve_target)
 from experiments.tracking.output import plain, redact, redact_text
 from experiments.tracking.records import JournalObserver, read_record_state, records_dir, write_record_state
 from experiments.tracking.upload import upload_record
+
+def run_config(cfg: dict) -> dict:
+    """A training run's own entries: the config without the side commands' ingredients
+    (``experiments.experiment.COMMAND_INGREDIENTS``)."""
+    return {k: v for k, v in cfg.items() if k not in COMMAND_INGREDIENTS}
+
+
+def run_name(cfg: dict) -> str:
+    """``<dataset>-split<k>-<track>-seed<s>[-<tag>]``: what the run list calls a run."""
+    name = f"{cfg.get('dataset')}-split{cfg.get('split')}-{cfg.get('train_mode')}-seed{cfg.get('seed')}"
+    return f"{name}-{cfg['tag']}" if cfg.get("tag") else name
+
 
 class TrackingObserver(RunObserver):
     """The local record plus MongoDB, with the behaviour described in the module docstring."""
@@ -71,7 +84,8 @@ class TrackingObserver(RunObserver):
             name = f"{start_time:%Y%m%d-%H%M%S}-{uid[:8]}"
             meta = redact(copy.deepcopy(plain(meta_info)))
             meta["local_record"] = {"uid": uid, "name": name}
-            cfg = redact(plain(config))
+            cfg = run_config(redact(plain(config)))
+            ex_info = {**ex_info, "name": run_name(cfg)}  # Omniboard's run list shows it as the run's name
             host_info = redact(plain(host_info))  # in case captured environment variables hold a URL
             self.journal = JournalObserver(self.records or records_dir())
             self.journal.started_event(copy.deepcopy(ex_info), command, host_info, start_time, cfg, meta, name)

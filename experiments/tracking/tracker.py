@@ -22,6 +22,8 @@ class Tracker(Protocol):
 
     def add_artifact(self, path: str | Path, name: str | None = None) -> None: ...
 
+    def set_info(self, key: str, value) -> None: ...
+
 
 class NullTracker:
     """Keeps the logged values in memory (tests, library use without Sacred)."""
@@ -29,6 +31,10 @@ class NullTracker:
     def __init__(self) -> None:
         self.scalars: dict[str, list[tuple[int, float]]] = {}
         self.artifacts: list[tuple[str, str]] = []
+        self.info: dict = {}
+
+    def set_info(self, key: str, value) -> None:
+        self.info[key] = value
 
     def log_scalar(self, name: str, value: float, step: int) -> None:
         self.scalars.setdefault(name, []).append((step, float(value)))
@@ -53,6 +59,10 @@ class SacredTracker:
         self.summary["epochs"] = max(self.summary.get("epochs", 0), step + 1)
         if name == "val_top1":
             self.summary["best_val_top1"] = max(self.summary.get("best_val_top1", value), value)
+
+    def set_info(self, key: str, value) -> None:
+        """An entry of the run document's ``info`` (stored with the next heartbeat)."""
+        self.run.info[key] = value
 
     def add_artifact(self, path: str | Path, name: str | None = None) -> None:
         name = name or Path(path).name

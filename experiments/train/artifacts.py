@@ -1,5 +1,5 @@
 """The files a run leaves about its unseen-class evaluation: a confusion-matrix PNG, a
-per-class accuracy CSV and a 2-D plot of the embedding space.
+per-class accuracy CSV and a 2-D plot of the embedding space; and its training curves.
 
 Plain functions (numbers in, files out); matplotlib's object API draws without a GUI
 backend or global state.
@@ -144,3 +144,31 @@ def plot_embedding(path: Path, labels: torch.Tensor, classes: list[int], names: 
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+# (panel title, metrics drawn in it, y-axis label): quantities of one unit share a panel
+CURVE_PANELS = (("accuracies", ("val_top1", "unseen_top1_monitor", "unseen_top1_aligned_monitor"), "top-1 (%)"),
+                ("training loss", ("train_loss",), "loss"),
+                ("learning rate and temperature", ("lr", "temperature"), "value"))
+
+
+def plot_curves(path: Path, history: list[dict], best_epoch: int) -> Path:
+    """``curves.png``: one panel per unit (accuracies; loss; lr and temperature), epochs from 1,
+    the selected epoch marked."""
+    epochs = np.arange(1, len(history) + 1)
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    for ax, (title, names, ylabel) in zip(fig.subplots(1, len(CURVE_PANELS)), CURVE_PANELS):
+        for name in names:
+            values = [h.get(name, np.nan) for h in history]
+            if not np.all(np.isnan(values)):
+                ax.plot(epochs, values, marker="o", markersize=3, label=name)
+        if 0 <= best_epoch < len(history):
+            ax.axvline(best_epoch + 1, color="grey", linestyle=":", label=f"selected (epoch {best_epoch + 1})")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if title == "learning rate and temperature":
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=100)
+    return path

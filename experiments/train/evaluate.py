@@ -9,7 +9,7 @@ accuracies are percentages over samples (means over classes for the per-class nu
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 
 from data.loading import ZeroShotData
 from experiments.tracking.tracker import Tracker
-from experiments.train.artifacts import class_names, write_unseen_report
+from experiments.train.artifacts import class_names, plot_curves, write_unseen_report
 from experiments.train.gzsl import choose_gamma, class_scores, evaluate_gzsl, one_shot_eval, pick_exemplars
 from experiments.train.metrics import per_class_accuracy, top1
 from experiments.train.settings import AlignSettings, Settings
@@ -35,6 +35,7 @@ class Outcome:
     best_score: float
     train_seconds: float
     checkpoint: Path
+    history: list[dict] = field(default_factory=list)  # per-epoch metrics (empty for a checkpoint evaluation)
 
 
 @dataclass
@@ -100,6 +101,8 @@ def final_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: Ske
     report = write_unseen_report(outcome.checkpoint.parent, data.unseen.y, data.unseen.classes,
                                  class_names(s.data.dataset, data.unseen.classes, s.data.data_root), res.pred,
                                  res.pred_aligned, res.feats, text, res.prototypes)
+    if outcome.history:
+        report.append(plot_curves(outcome.checkpoint.parent / "curves.png", outcome.history, outcome.best_epoch))
     for path in [outcome.checkpoint, *report]:
         tracker.add_artifact(path)
     log.info("unseen top-1: inductive %.2f%%%s (per-class mean %.2f%%), %s", res.top1,

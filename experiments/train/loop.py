@@ -136,4 +136,4 @@ def train_and_select(s: Settings, data: ZeroShotData, text: torch.Tensor, model:
                  f"  unseen(monitor) {metrics['unseen_top1_monitor']:.2f}%" if "unseen_top1_monitor" in metrics
                  and not ev.by_test else "", metrics["epoch_seconds"])
     model.load_state_dict(best["state"])
-    return Outcome(best["epoch"], best["score"], time.time() - t_start, ckpt_path)
+    return Outcome(best["epoch"], best["score"], time.time() - t_start, ckpt_path, history)

@@ -59,7 +59,7 @@ class OptimSettings:
     momentum: float
     weight_decay: float
     epoch_num: int
-    batch_size: int
+    batch_size: int | str  # "auto" until the track resolves it from the training-set size
     warmup_epochs: int
     lr_schedule: str
     lr_steps: tuple[int, ...]
@@ -141,8 +141,8 @@ class Settings:
                                 bool(c["learn_temperature"])),
             text=TextSettings(c["text_kind"], c["text_model"], int(c["text_dim"])),
             optim=OptimSettings(float(c["lr"]), float(c["momentum"]), float(c["weight_decay"]), int(c["epoch_num"]),
-                                int(c["batch_size"]), int(c["warmup_epochs"]), c["lr_schedule"],
-                                tuple(c["lr_steps"]), float(c["lr_gamma"])),
+                                c["batch_size"] if c["batch_size"] == "auto" else int(c["batch_size"]),
+                                int(c["warmup_epochs"]), c["lr_schedule"], tuple(c["lr_steps"]), float(c["lr_gamma"])),
             loss=LossSettings(c["loss_type"], float(c["loss_alpha"]), float(c["loss_beta"]), float(c["loss_margin"])),
             eval=EvalSettings(c["selection"], bool(c["monitor_unseen"]), int(c["eval_batch_size"]), align,
                               int(c["exemplar_seed"]), float(c["one_shot_text_weight"])),

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import sys
+import time
 from typing import Iterator
 
 import torch
@@ -17,6 +18,26 @@ from module.head import SkeletonTextModel
 log = logging.getLogger("pgfa")
 
 PRECISIONS = ("fp32", "bf16")
+
+
+MAX_AUTO_BATCH = 128  # PGFA's batch size, the largest "auto" picks
+MIN_AUTO_BATCH = 8
+TARGET_STEPS = 8       # "auto" aims at this many optimiser steps per epoch or more
+FEW_STEPS = 4          # fewer steps per epoch than this: the run is warned
+
+
+def auto_batch_size(n: int) -> int:
+    """``batch_size="auto"``: the largest power of two up to 128 that gives at least 8 steps
+    per epoch over ``n`` training samples, but at least 8 samples (BatchNorm statistics)."""
+    bs = MAX_AUTO_BATCH
+    while bs > MIN_AUTO_BATCH and n // bs < TARGET_STEPS:
+        bs //= 2
+    return bs
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps of one epoch (the last partial batch is dropped, but never the only one)."""
+    return max(1, n // batch_size)
 
 
 def batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
@@ -58,9 +79,33 @@ def place_subset(subset: Subset, device: torch.device, mode: str | bool = "auto"
     return Subset(subset.x.to(device), subset.y.to(device), subset.classes)
 
 
+LOG_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
+
+
 def progress(iterable, total: int, desc: str):
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
-                mininterval=1.0, disable=None)
+    """A progress bar on a terminal; in a log (``make demo > log``, nohup, CI) one line about
+    every 30 s with the batch position, the rate and the time left."""
+    if sys.stderr.isatty():
+        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
+                    mininterval=1.0)
+    return log_progress(iterable, total, desc)
+
+
+def log_progress(iterable, total: int, desc: str, every: float = LOG_EVERY, clock=time.monotonic):
+    start = last = clock()
+    for i, item in enumerate(iterable, 1):
+        yield item
+        now = clock()
+        if now - last >= every and i < total:
+            last = now
+            rate = (now - start) / i
+            log.info("%s: batch %d/%d (%d%%), %.2f s/batch, about %s left", desc, i, total, 100 * i // total,
+                     rate, _duration(rate * (total - i)))
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
 def train_epoch(model: SkeletonTextModel, data: Subset, text: torch.Tensor, optimizer, loss_fn, *,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 
@@ -16,7 +17,7 @@ from experiments.train.gzsl import pick_exemplars
 from experiments.train.loop import resolve_device, seed_everything, train_and_select
 from experiments.train.settings import ModelSettings, Settings
 from experiments.train.state import run_folder
-from experiments.train.steps import autocast, place_subset
+from experiments.train.steps import FEW_STEPS, auto_batch_size, autocast, place_subset, steps_per_epoch
 from module import backbone_keys, build_backbone
 from module.head import SkeletonTextModel
 from module.losses import get_loss
@@ -72,6 +73,23 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
     return data, text, model, device
 
 
+def with_batch_size(s: Settings, n_train: int) -> Settings:
+    """``batch_size="auto"`` resolved from the training-set size (logged); a warning when an
+    epoch has only a few optimiser steps (a small dataset with a large batch barely learns)."""
+    bs = s.optim.batch_size
+    if bs == "auto":
+        bs = auto_batch_size(n_train)
+        log.info("batch_size auto: %d for %d training samples (%d steps per epoch)", bs, n_train,
+                 steps_per_epoch(n_train, bs))
+        s = replace(s, optim=replace(s.optim, batch_size=bs))
+    steps = steps_per_epoch(n_train, bs)
+    if steps < FEW_STEPS:
+        log.warning("only %d optimiser step%s per epoch (%d training samples, batch_size=%d): the model will "
+                    "barely learn; use batch_size=\"auto\" (%d here) or a smaller batch_size", steps,
+                    "" if steps == 1 else "s", n_train, bs, auto_batch_size(n_train))
+    return s
+
+
 def folder_of(s: Settings):
     return run_folder(resume=s.run.resume, out_dir=s.run.out_dir, dataset=s.data.dataset, split=s.data.split,
                       train_mode=s.run.train_mode, seed=s.run.seed)
@@ -96,8 +114,11 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
              len(data.train), len(data.train.classes),
              f"{len(data.val)} samples ({len(data.val.classes)} classes)" if data.val else "none (test selection)",
              len(data.unseen), len(data.unseen.classes), device)
-    outcome = train_and_select(s, data, text, model, device, tracker, generator, folder_of(s))
-    return final_report(s, data, text, model, device, tracker, outcome)
+    s = with_batch_size(s, len(data.train))
+    folder = folder_of(s)
+    tracker.set_info("run_folder", str(folder))
+    outcome = train_and_select(s, data, text, model, device, tracker, generator, folder)
+    return {**final_report(s, data, text, model, device, tracker, outcome), "batch_size": s.optim.batch_size}
 
 
 def run_test(cfg: dict, tracker: Tracker | None = None) -> dict:

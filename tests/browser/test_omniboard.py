@@ -128,7 +128,7 @@ def test_browser_run_list_and_run_detail(two_cli_runs, omniboard_for, shots):
         browser.wait_for("return document.querySelector('.tab-content').innerText.includes('embedding_2d.png')",
                          30, "the artifacts")
         art_text = browser.script("return document.querySelector('.tab-content').innerText")
-        for name in ("best.pt", "unseen_confusion.png", "unseen_per_class.csv", "embedding_2d.png"):
+        for name in ("best.pt", "unseen_confusion.png", "unseen_per_class.csv", "embedding_2d.png", "curves.png"):
             assert name in art_text
         # open the confusion matrix: Omniboard previews it from GridFS
         title = next(el for el in browser.find_all(".accordion__title") if "unseen_confusion.png" in browser.text(el))

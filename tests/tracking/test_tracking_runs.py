@@ -82,7 +82,7 @@ def assert_complete(db, doc, epochs: int = 2, allocator: str | None = None) -> N
     assert ckpt["config"]["dataset"] == "demo" and "logit_scale" in ckpt["model"]
     csv_rows = artifact(db, doc, "unseen_per_class.csv").decode().splitlines()
     assert csv_rows[0].startswith("class_id,class_name") and len(csv_rows) == 1 + len(doc["result"]["unseen_classes"])
-    for png in ("unseen_confusion.png", "embedding_2d.png"):
+    for png in ("unseen_confusion.png", "embedding_2d.png", "curves.png"):
         assert artifact(db, doc, png)[:4] == b"\x89PNG"
     assert len(bson.encode(doc)) < 200_000  # far below the 16 MB document limit
 
