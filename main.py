@@ -320,7 +320,8 @@ def command_of(argv: list[str]) -> str:
     return ex.default_command
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command line: ``python main.py ...``, or ``pgfa ...`` after ``pip install .``."""
     logging.getLogger("pgfa").setLevel(logging.INFO)
     if command_of(sys.argv) in HEAVY_COMMANDS:  # the observed command: recorded, under the allocator
         from experiments.runtime import ensure_allocator_settings
@@ -331,3 +332,7 @@ if __name__ == "__main__":
     interrupt_on_sigterm()
     use_short_errors()
     ex.run_commandline()
+
+
+if __name__ == "__main__":
+    cli()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.files import DATA_DIR
+from experiments.files import PROJECT_ROOT
 
-SPLITS_FILE = DATA_DIR / "splits.json"
+SPLITS_FILE = PROJECT_ROOT / "data" / "splits.json"  # shipped with the code
 TRACKS = ("main", "sota", "test", "one_shot")
 
 

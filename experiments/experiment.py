@@ -28,7 +28,7 @@ from sacred.initialize import create_run
 from sacred.utils import ConfigAddedError
 from sacred.utils import print_filtered_stacktrace as sacred_print_stacktrace
 
-from experiments.files import PROJECT_ROOT, write_text_atomic
+from experiments.files import PROJECT_ROOT, WORK_ROOT, write_text_atomic
 
 COMMAND_INGREDIENTS = {"raw": "prepare / prepare_generic / make_split", "new_split": "prepare_generic / make_split",
                        "sweep": "sweep", "report": "results"}
@@ -118,7 +118,7 @@ def print_error(filter_traceback: str = "default") -> None:
     if not (isinstance(exc, USER_ERRORS) and _raised_by_project(tb)):
         sacred_print_stacktrace(filter_traceback)
         return
-    path = Path(os.environ.get("PGFA_TRACKING_DIR") or PROJECT_ROOT / ".tracking") / "last_error.txt"
+    path = Path(os.environ.get("PGFA_TRACKING_DIR") or WORK_ROOT / ".tracking") / "last_error.txt"
     try:
         write_text_atomic(path, "".join(traceback.format_exception(exc_type, exc, tb)))
         where = f" (traceback: {path})"

@@ -15,9 +15,13 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = PROJECT_ROOT / "data"
-RUNS_DIR = PROJECT_ROOT / "runs"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the code (a checkout, or site-packages when installed)
+# Where runs, prepared data, the run database and the tools go: $PGFA_HOME, else the checkout
+# itself, else (an installed copy, `pip install .`) the current folder.
+WORK_ROOT = Path(os.environ.get("PGFA_HOME") or (PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").is_file()
+                                                 else Path.cwd())).resolve()
+DATA_DIR = WORK_ROOT / "data"  # the default data_root
+RUNS_DIR = WORK_ROOT / "runs"
 BEST_FILE = "best.pt"    # a run folder's selected checkpoint
 STATE_FILE = "last.pt"   # a run folder's resumable state, written after every epoch
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from experiments.files import PROJECT_ROOT
+from experiments.files import PROJECT_ROOT, WORK_ROOT
 from data.catalog import dataset_splits, get_dataset
 from experiments.tracking.output import redact_text
 
@@ -99,7 +99,7 @@ def run_sweep(points: list[Point], db, *, dry_run: bool = False, log=print) -> d
             log(f"{head}: would run: {redact_text(' '.join(command(point)[1:]))}")
             continue
         log(f"{head}: running")
-        rc = subprocess.call(command(point), cwd=PROJECT_ROOT)
+        rc = subprocess.call(command(point), cwd=WORK_ROOT)
         if rc == 0:
             done["completed"].append(point.label())
         else:

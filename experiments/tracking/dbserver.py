@@ -2,7 +2,7 @@
 
 SecantusDB (a MongoDB wire-protocol server on WiredTiger storage, GPL-2.0) runs as a
 separate process, never imported: it lives in its own virtual environment under the
-project's tool folder (``.tools/secantusdb``, pinned by ``requirements-secantusdb.txt``),
+project's tool folder (``.tools/secantusdb``, pinned by ``experiments/tracking/requirements-secantusdb.txt``),
 so its licence and its dependencies stay out of this project's environment.
 
 * ``ensure_running()`` starts it on 127.0.0.1 with ``--standalone --sync-on-commit`` and
@@ -17,9 +17,9 @@ so its licence and its dependencies stay out of this project's environment.
   waits for a clean exit; one that does not come within a minute ends in SIGKILL (no acknowledged
   write is lost).
 
-``$PGFA_TRACKING_DIR`` (default ``<project>/.tracking``) holds the data, the state
+``$PGFA_TRACKING_DIR`` (default ``<work folder>/.tracking``, experiments/files.py: ``WORK_ROOT``) holds the data, the state
 file, the log and the local run records; ``$PGFA_TOOLS_DIR`` (default
-``<project>/.tools``) the installed tools; ``$PGFA_DB_PORT`` the preferred port (27117).
+``<work folder>/.tools``) the installed tools; ``$PGFA_DB_PORT`` the preferred port (27117).
 """
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from experiments.files import PROJECT_ROOT, file_lock, pid_alive, write_json_atomic
+from experiments.files import WORK_ROOT, file_lock, pid_alive, write_json_atomic
 
-SERVER_REQUIREMENTS = PROJECT_ROOT / "requirements-secantusdb.txt"
+SERVER_REQUIREMENTS = Path(__file__).with_name("requirements-secantusdb.txt")
 SERVER_HOST = "127.0.0.1"
 DEFAULT_PORT = 27117
 DEFAULT_DB = "pgfa"
@@ -49,11 +49,11 @@ class TrackingError(RuntimeError):
 
 
 def tracking_dir() -> Path:
-    return Path(os.environ.get("PGFA_TRACKING_DIR") or PROJECT_ROOT / ".tracking").resolve()
+    return Path(os.environ.get("PGFA_TRACKING_DIR") or WORK_ROOT / ".tracking").resolve()
 
 
 def tools_dir() -> Path:
-    return Path(os.environ.get("PGFA_TOOLS_DIR") or PROJECT_ROOT / ".tools").resolve()
+    return Path(os.environ.get("PGFA_TOOLS_DIR") or WORK_ROOT / ".tools").resolve()
 
 
 
@@ -91,16 +91,20 @@ def install_server() -> Path:
               file=sys.stderr, flush=True)
         pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q",
                "-r", str(SERVER_REQUIREMENTS)]
+        log_path = tools_dir() / "secantusdb-install.log"  # pip's output (its warnings) goes here, not to the run
         try:
-            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-            subprocess.run(pip, check=True)
+            with open(log_path, "wb") as log:
+                for cmd in ([sys.executable, "-m", "venv", "--clear", str(venv)], pip):
+                    subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
         except (OSError, subprocess.CalledProcessError) as exc:
             raise TrackingError(
-                f"could not install the embedded run database into {venv} ({exc}).\n"
+                f"could not install the embedded run database into {venv} ({exc}); pip's output, {log_path}:\n"
+                f"{_log_tail(log_path)}\n"
                 f"  Install it by hand: {sys.executable} -m venv {venv} && {' '.join(pip)}\n"
                 f"  or use a MongoDB server: PGFA_MONGO_URL=mongodb://host:port/db, or record offline: with offline=True"
             ) from exc
         (venv / ".installed").write_text(_requirements_digest() + "\n")
+        print(f"installed SecantusDB (pip's output: {log_path})", file=sys.stderr, flush=True)
     return server_executable()
 
 

@@ -13,6 +13,7 @@ import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
 
 from descriptions import TextError, load_class_texts
 from experiments.train.metrics import confusion_matrix, per_class_accuracy
@@ -115,10 +116,8 @@ def plot_embedding(path: Path, labels: torch.Tensor, classes: list[int], names: 
     if len(idx) > MAX_PLOTTED_SAMPLES:
         idx = np.sort(np.random.default_rng(0).choice(idx, MAX_PLOTTED_SAMPLES, replace=False))
     parts = [_unit(feats[idx]), _unit(class_text)] + ([_unit(prototypes)] if prototypes is not None else [])
-    allv = np.concatenate(parts)
-    mean = allv.mean(0)
-    _, _, vt = np.linalg.svd(allv - mean, full_matrices=False)
-    xy = [(p - mean) @ vt[:2].T for p in parts]  # (n, 2) each
+    pca = PCA(n_components=2, svd_solver="full").fit(np.concatenate(parts))
+    xy = [pca.transform(p) for p in parts]  # (n, 2) each
 
     k = len(classes)
     colors = matplotlib.colormaps["tab10" if k <= 10 else "tab20" if k <= 20 else "hsv"]

@@ -12,14 +12,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from data.loading import ZeroShotData
 from experiments.tracking.tracker import Tracker
 from experiments.train.artifacts import class_names, plot_curves, write_unseen_report
 from experiments.train.gzsl import choose_gamma, class_scores, evaluate_gzsl, one_shot_eval, pick_exemplars
-from experiments.train.metrics import per_class_accuracy, top1
+from experiments.train.metrics import balanced_accuracy, per_class_accuracy, top1
 from experiments.train.settings import AlignSettings, Settings
 from experiments.train.steps import embed
 from module.align import nearest_text, prototype_align
@@ -59,12 +58,11 @@ def zero_shot_eval(feats: torch.Tensor, labels: torch.Tensor, classes: list[int]
     cand = text[cls].cpu()  # (K, D) candidate class texts
     pred = cls[nearest_text(feats, cand)[1]]
     pc = per_class_accuracy(pred, labels, classes)
-    res = ZeroShotResult(top1(pred, labels), float(np.mean(list(pc.values()))), pc, pred, feats=feats)
+    res = ZeroShotResult(top1(pred, labels), balanced_accuracy(pred, labels), pc, pred, feats=feats)
     if align is not None:
         a = prototype_align(feats, cand, align.support_factor, align.min_support, align.entropy_scale)
         pred_a = cls[a.pred_aligned]
-        pca = per_class_accuracy(pred_a, labels, classes)
-        res.top1_aligned, res.per_class_mean_aligned = top1(pred_a, labels), float(np.mean(list(pca.values())))
+        res.top1_aligned, res.per_class_mean_aligned = top1(pred_a, labels), balanced_accuracy(pred_a, labels)
         res.pred_aligned, res.prototypes, res.support = pred_a, a.prototypes, a.support
     return res
 

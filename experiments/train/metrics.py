@@ -1,7 +1,10 @@
 """Accuracy over samples, per class, and the confusion matrix (class ids in, numbers out)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+import sklearn.metrics
 import torch
 
 
@@ -23,11 +26,14 @@ def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, classes: list[i
     return out
 
 
+def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over the classes present in ``labels`` of their accuracy, in % (the per-class mean)."""
+    with warnings.catch_warnings():  # a prediction of a class without samples is simply wrong
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return 100.0 * sklearn.metrics.balanced_accuracy_score(labels.cpu().numpy(), pred.cpu().numpy())
+
+
 def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, classes: list[int]) -> np.ndarray:
-    """(K, K) counts: row = true class, column = predicted class, in ``classes`` order."""
-    index = {c: i for i, c in enumerate(classes)}
-    cm = np.zeros((len(classes), len(classes)), np.int64)
-    for t, p in zip(labels.tolist(), pred.tolist()):
-        if t in index and p in index:
-            cm[index[t], index[p]] += 1
-    return cm
+    """(K, K) counts: row = true class, column = predicted class, in ``classes`` order (pairs
+    with a class outside ``classes`` are left out)."""
+    return sklearn.metrics.confusion_matrix(labels.cpu().numpy(), pred.cpu().numpy(), labels=list(classes))

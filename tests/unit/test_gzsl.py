@@ -79,3 +79,15 @@ def test_exemplars_are_seeded_and_need_a_query():
     assert len(picks) > 1
     with pytest.raises(ValueError, match="class 2 has 1 samples"):
         pick_exemplars(torch.tensor([0, 0, 2]), [0, 2], seed=0)
+
+
+def test_balanced_accuracy_is_the_per_class_mean():
+    import torch
+
+    from experiments.train.metrics import balanced_accuracy, per_class_accuracy
+
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    pred = torch.tensor([0, 0, 1, 3, 1, 0, 2])  # class 3 has no samples: its prediction is just wrong
+    per_class = per_class_accuracy(pred, labels, [0, 1, 2, 3])
+    assert per_class == {0: 50.0, 1: 50.0, 2: 100.0}
+    assert abs(balanced_accuracy(pred, labels) - sum(per_class.values()) / 3) < 1e-9

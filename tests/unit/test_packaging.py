@@ -1,0 +1,50 @@
+"""``pip install .`` into a fresh virtual environment gives a working ``pgfa`` command.
+
+The new environment sees the project's installed requirements through a ``.pth`` file (no
+download, no torch build), and the project itself is installed from a copy of its tracked
+files with ``--no-deps``: what is checked is the packaging (modules, package data, the entry
+point, the work folder of an installed copy), not pip's resolver."""
+from __future__ import annotations
+
+import os
+import shutil
+import site
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+from experiments.files import PROJECT_ROOT
+
+
+@pytest.mark.slow
+def test_pip_install_gives_a_pgfa_command(tmp_path):
+    src = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=PROJECT_ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (PROJECT_ROOT / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(PROJECT_ROOT / rel, src / rel)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    new_site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    ours = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+    (tmp_path / "venv" / new_site.split(str(venv) + "/")[1] / "deps.pth").write_text("\n".join(ours) + "\n")
+    # the build takes the project's pinned setuptools, not the old one a new venv may bring
+    subprocess.run([py, "-m", "pip", "uninstall", "-y", "-q", "setuptools"], capture_output=True, timeout=120)
+    install = subprocess.run([py, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                              "--disable-pip-version-check", "-q", str(src)], capture_output=True, text=True,
+                             timeout=600)
+    assert install.returncode == 0, install.stdout + install.stderr
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGFA_")}
+    out = subprocess.run([venv / "bin" / "pgfa", "print_config", "with", "dataset=utd_mhad", "split=2"], cwd=work,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "unseen_classes = [2, 6, 7, 11, 19]" in out.stdout  # splits.json is package data
+    assert f"data_root = '{work / 'data'}'" in out.stdout     # an installed copy works in the current folder
