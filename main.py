@@ -275,7 +275,7 @@ def sweep(data_root, mongo_url):
     points = sweep_grid(s["datasets"], s["splits"], s["seeds"], s["variants"], base, data_root)
     print(f"sweep: {summarize_points(points)}")
     db = connect(resolve_target(mongo_url))
-    return run_sweep(points, db, dry_run=s["dry_run"])
+    return run_sweep(points, db, dry_run=s["dry_run"], mongo_url=mongo_url)
 
 
 @ex.command(unobserved=True)

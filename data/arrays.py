@@ -78,41 +78,48 @@ def load_pair(data_path: str | Path, label_path: str | Path, spec: ArraySpec, *,
     labels = _load_npy(label_path, hint)
 
     if data.ndim != 5:
-        raise DataError(f"{data_path}: expected 5 dims (N, C, T, V, M), got shape {data.shape}")
+        raise DataError(f"{data_path}: expected 5 dims (N, C, T, V, M), got shape {data.shape}; "
+                        f"re-create it with: {hint}")
     n, c, t, v, m = data.shape
     if c != spec.channels or v != spec.joints or (spec.persons is not None and m != spec.persons):
         want = f"(N, {spec.channels}, T, {spec.joints}, {spec.persons if spec.persons is not None else 'M'})"
-        raise DataError(f"{data_path}: shape {data.shape} does not match {want}")
+        raise DataError(f"{data_path}: shape {data.shape} does not match {want}; re-create it with: {hint}")
     if n == 0 or t == 0:
-        raise DataError(f"{data_path}: empty array, shape {data.shape}")
+        raise DataError(f"{data_path}: empty array, shape {data.shape}; re-create it with: {hint}")
+    if t < 2:
+        raise DataError(f"{data_path}: {t} frame per sample (shape {data.shape}): a sequence needs at least 2 "
+                        f"frames to be resampled; re-create it with: {hint}")
     if data.dtype != np.float32:
-        raise DataError(f"{data_path}: dtype {data.dtype}, expected float32")
+        raise DataError(f"{data_path}: dtype {data.dtype}, expected float32; re-create it with: {hint}")
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{label_path}: expected a 1-D integer array, got dtype {labels.dtype} shape {labels.shape}")
+        raise DataError(f"{label_path}: expected a 1-D integer array, got dtype {labels.dtype} shape {labels.shape}; "
+                        f"re-create it with: {hint}")
     if labels.shape[0] != n:
-        raise DataError(f"{label_path}: {labels.shape[0]} labels for {n} samples in {data_path}")
+        raise DataError(f"{label_path}: {labels.shape[0]} labels for {n} samples in {data_path}; "
+                        f"re-create them with: {hint}")
 
     labels = np.asarray(labels, dtype=np.int64)
     out_of_range = np.flatnonzero((labels < 0) | (labels >= spec.num_classes))
     if out_of_range.size:
         i = int(out_of_range[0])
         raise DataError(f"{label_path}: label {labels[i]} at index {i} outside 0..{spec.num_classes - 1} "
-                        f"({out_of_range.size} such labels)")
+                        f"({out_of_range.size} such labels); re-create it with: {hint}")
     if allowed is not None:
         bad = np.flatnonzero(~np.isin(labels, sorted(allowed)))
         if bad.size:
             i = int(bad[0])
             raise DataError(f"{label_path}: class {labels[i]} at index {i} is not allowed in this file "
-                            f"({bad.size} such samples; allowed classes: {sorted(allowed)})")
+                            f"({bad.size} such samples; allowed classes: {sorted(allowed)}); re-create it with: {hint}")
     if required is not None:
         missing = sorted(set(required) - set(np.unique(labels).tolist()))
         if missing:
-            raise DataError(f"{label_path}: classes {missing} have no samples (needed: {sorted(required)})")
+            raise DataError(f"{label_path}: classes {missing} have no samples (needed: {sorted(required)}); "
+                            f"re-create it with: {hint}")
 
     data = np.array(data)  # headers checked: now read the samples into memory
     bad_sample = _first_nonfinite(data)
     if bad_sample is not None:
-        raise DataError(f"{data_path}: NaN or Inf in sample {bad_sample}")
+        raise DataError(f"{data_path}: NaN or Inf in sample {bad_sample}; re-create it with: {hint}")
     return data, labels
 
 

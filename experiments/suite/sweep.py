@@ -12,13 +12,15 @@ the name is stored as the run's ``tag``, which the results table groups by.
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 from dataclasses import dataclass, field
 
 from experiments.files import PROJECT_ROOT, WORK_ROOT
 from data.catalog import dataset_splits, get_dataset
-from experiments.tracking.output import redact_text
+from experiments.tracking.database import MONGO_URL_ENV
+from experiments.tracking.output import redact, redact_text
 
 
 @dataclass
@@ -72,8 +74,9 @@ def grid(datasets: list[str], splits: list, seeds: list[int], variants: dict[str
 
 
 def completed_query(point: Point) -> dict:
-    """The MongoDB filter matching a COMPLETED run recorded with exactly this point's settings."""
-    return {"status": "COMPLETED", **{f"config.{k}": v for k, v in point.updates().items()}}
+    """The MongoDB filter matching a COMPLETED run recorded with exactly this point's settings (as
+    stored: credentials in URLs redacted)."""
+    return {"status": "COMPLETED", **{f"config.{k}": redact(v) for k, v in point.updates().items()}}
 
 
 def is_completed(db, point: Point) -> bool:
@@ -85,8 +88,13 @@ def command(point: Point, python: str = sys.executable) -> list[str]:
     return [python, str(PROJECT_ROOT / "main.py"), "with", *[f"{k}={v!r}" for k, v in point.updates().items()]]
 
 
-def run_sweep(points: list[Point], db, *, dry_run: bool = False, log=print) -> dict[str, list[str]]:
-    """Run the points not yet COMPLETED in ``db``, one process each; returns what happened to each."""
+def run_sweep(points: list[Point], db, *, dry_run: bool = False, log=print, mongo_url: str = "") -> dict[str, list[str]]:
+    """Run the points not yet COMPLETED in ``db``, one process each; returns what happened to each.
+
+    ``mongo_url``: the database the sweep asked, handed to every point's run through
+    ``$PGFA_MONGO_URL`` (not its command line, which any user of the machine can read), so
+    the runs are recorded where the sweep looks for them."""
+    env = {**os.environ, MONGO_URL_ENV: mongo_url} if mongo_url else None
     done: dict[str, list[str]] = {"skipped": [], "completed": [], "failed": [], "planned": []}
     for i, point in enumerate(points, 1):
         head = f"[{i}/{len(points)}] {point.label()}"
@@ -99,7 +107,7 @@ def run_sweep(points: list[Point], db, *, dry_run: bool = False, log=print) -> d
             log(f"{head}: would run: {redact_text(' '.join(command(point)[1:]))}")
             continue
         log(f"{head}: running")
-        rc = subprocess.call(command(point), cwd=WORK_ROOT)
+        rc = subprocess.call(command(point), cwd=WORK_ROOT, env=env)
         if rc == 0:
             done["completed"].append(point.label())
         else:

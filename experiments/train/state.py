@@ -31,8 +31,13 @@ def run_folder(*, resume: str, out_dir: str, dataset: str, split, train_mode: st
 
 
 def save_torch_atomic(obj: dict, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename: a kill at any moment leaves the old file or the new one."""
-    write_atomic(path, lambda f: torch.save(obj, f))
+    """``torch.save`` through a temporary file and a rename: a kill at any moment leaves the old file or the
+    new one; a failed write (a full disk) raises ``OSError`` naming the file and leaves no temporary file."""
+    try:
+        write_atomic(path, lambda f: torch.save(obj, f))
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError("basic_ios::clear ...")
+        raise OSError(f"could not write {path} ({type(exc).__name__}: {exc}); is the disk full? The previous "
+                      f"{path.name}, if any, is unchanged") from exc
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, cfg: dict, epoch: int, metrics: dict) -> None:
@@ -77,7 +82,15 @@ def load_state(folder: str | Path, cfg: dict) -> dict:
     path = Path(folder) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"resume={str(folder)!r}: no {STATE_FILE} there (a run writes it after each epoch)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged or foreign files
+        # (torch's own message advises weights_only=False, which would run code from the file: not repeated)
+        raise ValueError(f"resume={str(folder)!r}: {path} is not readable ({type(exc).__name__}); it is "
+                         f"damaged (a kill while copying it, a full disk); "
+                         f"start the run again without resume=, or resume from a copy of the folder") from None
+    if not isinstance(state, dict) or not {"config", "next_epoch", "model"} <= set(state):
+        raise ValueError(f"resume={str(folder)!r}: {path} is not this project's resumable state")
     differ = sorted(k for k in set(cfg) | set(state["config"])
                     if k not in RESUME_FREE_KEYS and cfg.get(k) != state["config"].get(k))
     if differ:

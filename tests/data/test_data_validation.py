@@ -104,3 +104,58 @@ def test_published_splits_and_drawn_validation():
     val = draw_val_classes(60, unseen, 5, seed=0)
     assert val == draw_val_classes(60, unseen, 5, seed=0) and len(val) == 5
     assert not set(val) & set(unseen)
+
+
+HINT = "python main.py prepare with dataset=ntu60"
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda x, y: (x[:, :, :1], y), "1 frame per sample"),            # T = 1 would be stretched to 50 frames
+    (lambda x, y: (x[:, :2], y), r"does not match \(N, 3, T, 25, 2\)"),
+    (lambda x, y: (np.where(np.arange(8)[:, None, None, None, None] == 3, np.nan, x).astype(np.float32), y),
+     "NaN or Inf in sample 3"),
+    (lambda x, y: (x, y + 6), "outside 0..5"),
+])
+def test_every_data_error_names_the_file_and_the_command(tmp_path, change, match):
+    d, l = write(tmp_path, *change(*good()))
+    with pytest.raises(DataError, match=match) as e:
+        load_pair(d, l, SPEC, hint=HINT)
+    assert "part_" in str(e.value) and str(e.value).endswith(f"re-create it with: {HINT}")
+
+
+def test_a_full_disk_during_a_checkpoint_write_names_the_file(tmp_path, monkeypatch):
+    import torch
+
+    from experiments.train import state
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    state.save_torch_atomic({"a": 1}, tmp_path / "last.pt")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"could not write .*last\.pt \(RuntimeError: basic_ios::clear.*disk full"):
+        state.save_torch_atomic({"a": 2}, tmp_path / "last.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # the old file, no temporary file
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "last.pt", weights_only=True) == {"a": 1}
+
+
+def test_an_unreadable_resume_state_is_one_clear_error(tmp_path):
+    from experiments.train.state import load_state
+
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=r"last\.pt is not readable .*damaged") as e:
+        load_state(tmp_path, {})
+    assert "weights_only" not in str(e.value)
+
+
+def test_a_corrupt_npz_is_skipped_and_named(tmp_path):
+    from data.generic import load_sequence_file
+    from data.raw import RawFormatError
+
+    path = tmp_path / "broken.npz"
+    np.savez(path, joints=np.ones((5, 20, 3)))
+    path.write_bytes(path.read_bytes()[:40])  # a truncated zip
+    with pytest.raises(RawFormatError, match=r"broken\.npz: not a readable numpy file \(BadZipFile"):
+        load_sequence_file(path)

@@ -89,3 +89,23 @@ def test_sweep_fills_the_table_and_a_rerun_starts_nothing(demo_root, tmp_path):
     finally:
         subprocess.run([sys.executable, "main.py", "server_stop"], env=env, cwd=PROJECT_ROOT, capture_output=True,
                        timeout=60)
+
+
+def test_sweep_points_with_a_url_are_recorded_where_the_sweep_looks(monkeypatch):
+    from experiments.suite import sweep as sweep_module
+
+    url = "mongodb://ann:s3cret@db.example:27017/lab"
+    p = Point("demo", 1, 0, "default", {"note_url": url})
+    assert completed_query(p)["config.note_url"] == "mongodb://***@db.example:27017/lab"  # as it is stored
+    calls = []
+    monkeypatch.setattr(sweep_module.subprocess, "call", lambda cmd, cwd, env: calls.append((cmd, env)) or 0)
+
+    class NoRuns:
+        class runs:
+            @staticmethod
+            def count_documents(query, limit):
+                return 0
+
+    sweep_module.run_sweep([Point("demo", 1, 0, "default")], NoRuns, mongo_url=url, log=lambda m: None)
+    (cmd, env), = calls
+    assert env["PGFA_MONGO_URL"] == url and not any("s3cret" in c for c in cmd)
