@@ -154,7 +154,11 @@ def prepare_generic(data_root, raw, new_split):
     print(f"registered {raw['name']} in {root}")
     splits = make_split_specs(raw["name"], data_root, plain(new_split))
     register_splits(data_root, raw["name"], splits)
-    return prepare_data.prepare_dataset(raw["name"], data_root, {**plain(raw), "splits": list(splits)})
+    summary = prepare_data.prepare_dataset(raw["name"], data_root, {**plain(raw), "splits": list(splits)})
+    summary["layout_warnings"] = prepare_data.check_layout(raw["name"], data_root)
+    for warning in summary["layout_warnings"]:
+        print(f"warning: {warning}")
+    return summary
 
 
 @ex.command(unobserved=True)

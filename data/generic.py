@@ -34,7 +34,7 @@ import numpy as np
 from data.raw import Item, RawFormatError, Sequence, Skip, Source
 from data.skeleton import SequenceError, check_joints, origin_index
 from experiments.files import write_text_atomic
-from module.graph import get_layout
+from module.graph import LAYOUTS, get_layout
 
 CLASSES_FILE = "classes.csv"
 SEQUENCES_FILE = "sequences.csv"
@@ -189,10 +189,13 @@ def register(data_root: str | Path, name: str, folder: str, layout: str, *, pers
     classes = read_classes(folder)
     root = dataset_root(data_root, name)
     root.mkdir(parents=True, exist_ok=True)
+    if layout not in LAYOUTS:  # a layout file: the dataset keeps its own copy
+        text = Path(layout).expanduser().read_text()
+        layout = str(write_text_atomic(root / "layout.json", text))
     spec = {"name": name, "num_classes": len(classes), "layout": layout, "num_person": persons, "frames": frames,
             "origin_joint": origin_joint or None,
             "prepare": f"python main.py prepare with dataset={name}",
-            "source": {"format": "generic", "path": folder, "train_subjects": sorted(train_subjects or [])}}
+            "source": {"format": "generic", "path": folder, "train_subjects": sorted(map(str, train_subjects or []))}}
     _write_json(root / "dataset.json", spec)
     _write_json(root / "descriptions.json", descriptions_document(name, classes, str(Path(folder) / CLASSES_FILE)))
     return root

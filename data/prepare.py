@@ -199,3 +199,15 @@ def existing_samples(data_root: str | Path, dataset: str) -> SampleSet:
     if not (d / "manifest.json").is_file():
         raise FileNotFoundError(f"no prepared samples for {dataset} in {d}; run first: {spec.prepare}")
     return SampleSet(d)
+
+
+def check_layout(dataset: str, data_root: str | Path, max_samples: int = 500) -> list[str]:
+    """``data.layout_check`` on up to ``max_samples`` prepared samples of a dataset."""
+    from data.layout_check import layout_warnings
+    from module.graph import get_layout
+
+    samples = existing_samples(data_root, dataset)
+    take = np.zeros(len(samples), bool)
+    take[:max_samples] = True
+    x = np.concatenate(list(samples.iter_samples(take))) if len(samples) else np.zeros((0, 3, 1, 1, 1))
+    return layout_warnings(get_layout(get_dataset(dataset, data_root).layout), x)

@@ -18,7 +18,7 @@ import numpy as np
 from module.graph import get_layout
 
 # The joint whose first-frame position becomes the origin, per layout.
-ORIGIN_JOINT = {"ntu25": "spine_mid", "kinect20": "spine"}
+ORIGIN_JOINT = {"ntu25": "spine_mid", "kinect20": "spine", "openni15": "torso"}
 
 
 class SequenceError(ValueError):
@@ -27,8 +27,9 @@ class SequenceError(ValueError):
 
 def origin_index(layout: str, joint: str | None = None) -> int:
     """Index of the origin joint: ``joint`` by name, else the layout's default."""
-    names = get_layout(layout).joints
-    joint = joint or ORIGIN_JOINT.get(layout)
+    lay = get_layout(layout)
+    names = lay.joints
+    joint = joint or ORIGIN_JOINT.get(layout) or (names[lay.origin] if lay.origin is not None else None)
     if joint is None:
         raise ValueError(f"layout {layout!r} has no default origin joint; name one of {list(names)}")
     if joint not in names:

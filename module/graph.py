@@ -5,12 +5,22 @@ joint.  ``adjacency(layout, strategy)`` turns it into the (K, V, V) stack of
 normalised adjacency matrices that a graph convolution consumes; it is a pure
 function of the layout, so tests and other backbones can use it directly.
 
-Adding a layout: add a ``Layout`` to ``LAYOUTS`` (joint names in order, the bones as
-pairs of 1-based joint numbers as datasets document them, and the centre joint).
+Built-in layouts: ``ntu25`` (Kinect v2), ``kinect20`` (Kinect v1), ``openni15`` (the 15 joints
+of OpenNI/NiTE-era trackers); their joints in order: docs/datasets.md. Any other skeleton is a
+layout file, no code change: ``graph_layout`` / ``raw.layout`` = the path of a JSON file
+
+    {"joints": ["head", "neck", ...],                 # names, in the order of the data's joints
+     "bones": [["head", "neck"], ...],                # by name (or 1-based number)
+     "center": "neck",                                # ST-GCN's partition centre
+     "origin": "torso"}                               # optional: the joint put at the origin
+
+(``layout_from_file``).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +33,7 @@ class Layout:
     joints: tuple[str, ...]
     edges: tuple[tuple[int, int], ...]
     center: int
+    origin: int | None = None  # the joint preparation puts at the origin (None: data/skeleton.py's default)
 
     @property
     def num_joints(self) -> int:
@@ -75,14 +86,56 @@ KINECT20 = _from_one_based(
     center_1based=3,  # shoulder_center, the counterpart of NTU's spine_shoulder centre
 )
 
-LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (NTU25, KINECT20)}
+# OpenNI / NiTE (PrimeSense-era trackers): 15 joints, in the order those tools list them.
+OPENNI15 = _from_one_based(
+    "openni15",
+    [
+        "head", "neck", "torso",
+        "shoulder_left", "elbow_left", "hand_left", "shoulder_right", "elbow_right", "hand_right",
+        "hip_left", "knee_left", "foot_left", "hip_right", "knee_right", "foot_right",
+    ],
+    [(1, 2), (2, 3), (2, 4), (4, 5), (5, 6), (2, 7), (7, 8), (8, 9), (3, 10), (10, 11), (11, 12), (3, 13), (13, 14),
+     (14, 15)],
+    center_1based=2,  # neck, the counterpart of the other layouts' shoulder centre
+)
+
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (NTU25, KINECT20, OPENNI15)}
 
 
 def get_layout(name: str) -> Layout:
-    try:
+    """A built-in layout by name, or a layout file by its path (``*.json``)."""
+    if name in LAYOUTS:
         return LAYOUTS[name]
-    except KeyError:
-        raise KeyError(f"unknown graph layout {name!r}; known: {sorted(LAYOUTS)}") from None
+    if str(name).endswith(".json"):
+        return layout_from_file(name)
+    raise KeyError(f"unknown graph layout {name!r}; built-in: {sorted(LAYOUTS)}, or the path of a layout file "
+                   "(module/graph.py: layout_from_file)")
+
+
+def layout_from_file(path: str | Path) -> Layout:
+    """A layout from a JSON file (module docstring); errors name the file and the entry."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"layout file {path}: not readable JSON ({exc})") from None
+    joints = doc.get("joints")
+    if not isinstance(joints, list) or not joints or len(set(joints)) != len(joints):
+        raise ValueError(f"layout file {path}: 'joints' must be a list of distinct joint names")
+
+    def index(ref, what: str) -> int:
+        if isinstance(ref, int) and 1 <= ref <= len(joints):
+            return ref - 1
+        if ref in joints:
+            return joints.index(ref)
+        raise ValueError(f"layout file {path}: {what} {ref!r} is not one of its {len(joints)} joints {joints}")
+
+    bones = doc.get("bones")
+    if not isinstance(bones, list) or not all(isinstance(b, list) and len(b) == 2 for b in bones):
+        raise ValueError(f"layout file {path}: 'bones' must be a list of [joint, joint] pairs")
+    edges = tuple((index(a, "bone joint"), index(b, "bone joint")) for a, b in bones)
+    origin = index(doc["origin"], "origin") if doc.get("origin") is not None else None
+    return Layout(str(path), tuple(joints), edges, index(doc.get("center"), "center"), origin)
 
 
 def hop_distance(num_nodes: int, edges: tuple[tuple[int, int], ...], max_hop: int) -> np.ndarray:

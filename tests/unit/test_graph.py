@@ -44,3 +44,41 @@ def test_unknown_layout_and_strategy():
         adjacency("kinect99")
     with pytest.raises(ValueError, match="unknown graph strategy"):
         adjacency("ntu25", "random")
+
+
+def test_openni15_and_a_layout_file(tmp_path):
+    import json
+
+    from module.graph import adjacency, get_layout
+
+    o = get_layout("openni15")
+    assert o.num_joints == 15 and o.joints[o.center] == "neck" and len(o.edges) == 14
+    path = tmp_path / "stick.json"
+    path.write_text(json.dumps({"joints": ["head", "neck", "hip", "hand_left", "hand_right"],
+                                "bones": [["head", "neck"], ["neck", "hip"], [2, 4], ["neck", "hand_right"]],
+                                "center": "neck", "origin": "hip"}))
+    lay = get_layout(str(path))
+    assert lay.edges == ((0, 1), (1, 2), (1, 3), (1, 4)) and lay.center == 1 and lay.origin == 2
+    assert adjacency(lay).shape == (3, 5, 5)
+    path.write_text(json.dumps({"joints": ["a", "b"], "bones": [["a", "c"]], "center": "a"}))
+    with pytest.raises(ValueError, match=r"stick.json: bone joint 'c' is not one of its 2 joints"):
+        get_layout(str(path))
+
+
+def test_a_wrong_joint_order_is_named():
+    import numpy as np
+
+    from data.layout_check import layout_warnings
+    from module.graph import get_layout
+
+    rng = np.random.default_rng(0)
+    lay = get_layout("openni15")
+    body = np.array([[0, 1.7, 0], [0, 1.5, 0], [0, 1.1, 0], [-.2, 1.45, 0], [-.45, 1.2, 0], [-.6, .95, 0],
+                     [.2, 1.45, 0], [.45, 1.2, 0], [.6, .95, 0], [-.1, .9, 0], [-.1, .5, 0], [-.1, .05, 0],
+                     [.1, .9, 0], [.1, .5, 0], [.1, .05, 0]])
+    x = (body[None, :, None, :] + rng.normal(scale=0.01, size=(4, 15, 10, 3))).transpose(0, 3, 2, 1)[..., None]
+    assert layout_warnings(lay, x) == []
+    perm = list(range(15))
+    perm[4], perm[13] = perm[13], perm[4]  # elbow_left and knee_right swapped in the data
+    found = layout_warnings(lay, x[:, :, :, perm])
+    assert found and all("elbow_left" in w or "knee_left" in w for w in found)
