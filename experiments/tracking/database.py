@@ -84,18 +84,36 @@ def connect(target: Target, timeout_ms: int = TIMEOUT_MS) -> pymongo.database.Da
     return db
 
 
+# Headline numbers (``info.summary``, SacredTracker) also stored as the first top-level fields of
+# the run document: Omniboard's run list orders its columns as the document's fields (config
+# entries last), so columns reading these fields are in its first view.
+LIST_FIELDS = ("unseen_top1", "unseen_top1_aligned", "best_val_top1", "epochs")
+
+
 class StrictMongoObserver(MongoObserver):
-    """Sacred's MongoObserver with two changes: a failed write raises (Sacred's swallows
+    """Sacred's MongoObserver with three changes: a failed write raises (Sacred's swallows
     connection errors in ``save``/``final_save``), because the caller keeps the local record
     and re-uploads it; and sources are stored with their md5, so runs share one copy of each
-    source version (pymongo 4's GridFS no longer adds the md5 Sacred looks them up by)."""
+    source version (pymongo 4's GridFS no longer adds the md5 Sacred looks them up by); and the
+    headline numbers are copied to top-level fields (``LIST_FIELDS``)."""
 
     source_files: dict[str, Path] = {}  # replay: where a source's content is, if not at base_dir/name
 
+    def insert(self) -> None:
+        # the headline fields first (empty until the first summary), so the run list shows them first
+        self.run_entry = {**{k: None for k in LIST_FIELDS}, **self.run_entry}
+        super().insert()
+
+    def _lift_summary(self) -> None:
+        summary = (self.run_entry.get("info") or {}).get("summary") or {}
+        self.run_entry.update({k: summary[k] for k in LIST_FIELDS if k in summary})
+
     def save(self) -> None:
+        self._lift_summary()
         self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry})
 
     def final_save(self, attempts: int) -> None:
+        self._lift_summary()
         self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry}, upsert=True)
 
     def save_sources(self, ex_info: dict) -> list:

@@ -5,10 +5,12 @@ with ``experiments/tracking/omniboard_localhost.js`` preloaded so it binds 127.0
 every interface by itself), pointed at the configured database through ``MONGO_URI`` in
 its environment (not its command line, which every user of the machine can read).
 
-The run list's key numbers are plain columns: ``info.summary`` on each run document
-(``SacredTracker``) holds them, and ``ensure_columns`` registers Omniboard "custom
-columns" that read those paths. Omniboard's *metric* columns would instead join the
-metrics collection once per run (``$lookup``), which is slow on hundreds of runs.
+The run list's key numbers are plain columns: the observer copies them from ``info.summary``
+to top-level fields of each run document (``LIST_FIELDS``), and ``ensure_columns`` registers
+Omniboard "custom columns" reading those fields. Omniboard orders its columns as the fields
+of a run document, config entries last, so these are in the list's first view. Omniboard's
+*metric* columns would instead join the metrics collection once per run (``$lookup``), which
+is slow on hundreds of runs.
 """
 from __future__ import annotations
 
@@ -25,19 +27,15 @@ from pathlib import Path
 import pymongo
 
 from experiments.files import file_lock
-from experiments.tracking.database import Target
+from experiments.tracking.database import LIST_FIELDS, Target
 from experiments.tracking.dbserver import TrackingError, tools_dir, tracking_dir
 
 OMNIBOARD_VERSION = "2.16.1"
 PRELOAD = Path(__file__).with_name("omniboard_localhost.js")
 DEFAULT_PORT = 9000
-# (column name, path in the run document) of the run list's key numbers
-SUMMARY_COLUMNS = (
-    ("best_val_top1", "info.summary.best_val_top1"),
-    ("unseen_top1", "info.summary.unseen_top1"),
-    ("unseen_top1_aligned", "info.summary.unseen_top1_aligned"),
-    ("epochs", "info.summary.epochs"),
-)
+# (column name, path in the run document) of the run list's key numbers: top-level fields, so
+# Omniboard lists them before the config columns (experiments/tracking/database.py: LIST_FIELDS)
+SUMMARY_COLUMNS = tuple((name, name) for name in LIST_FIELDS)
 
 
 def install_dir() -> Path:
@@ -75,10 +73,12 @@ def install() -> Path:
 
 
 def ensure_columns(db: pymongo.database.Database) -> None:
-    """Register the summary columns; a column of that name that exists already is left as the user set it."""
+    """Register the summary columns; a column of that name that exists already is left as the user set it
+    (one still reading this project's former path ``info.summary.<name>`` moves to the new one)."""
+    columns = db["omniboard.custom.columns"]
     for name, path in SUMMARY_COLUMNS:
-        db["omniboard.custom.columns"].update_one({"name": name}, {"$setOnInsert": {"config_path": path}},
-                                                  upsert=True)
+        columns.update_one({"name": name, "config_path": f"info.summary.{name}"}, {"$set": {"config_path": path}})
+        columns.update_one({"name": name}, {"$setOnInsert": {"config_path": path}}, upsert=True)
 
 
 def url_with_database(url: str, db_name: str) -> str:

@@ -84,6 +84,35 @@ def show_key_columns_first(browser: Browser) -> None:
 
 
 @needs_browser
+@needs_browser
+def test_first_view_shows_run_names_and_the_key_numbers(two_cli_runs, omniboard_for, shots):
+    """A fresh browser, no clicks: the run list names the runs and shows unseen top-1 on screen."""
+    url = omniboard_for()
+    db = database(two_cli_runs["info"].url)
+    runs = list(db.runs.find())
+    browser = Browser()
+    try:
+        browser.get(url)
+        browser.wait_for("return document.body.innerText.includes('2 experiments')", 60, "the run list")
+        time.sleep(1)
+        browser.screenshot(shots / "00-first-view.png")
+        browser.wait_for("return document.querySelectorAll('[test-attr=\"header-unseen_top1\"]').length > 0",
+                         30, "the summary columns")
+        text = browser.script("return document.body.innerText")
+        for doc in runs:
+            assert doc["experiment"]["name"] == f"demo-split1-main-seed{doc['config']['seed']}"
+            assert doc["experiment"]["name"] in text
+            assert f"{doc['unseen_top1']:g}" in text
+        on_screen = browser.script(
+            "const h = document.querySelector('[test-attr=\"header-unseen_top1\"]').getBoundingClientRect();"
+            "return h.right <= window.innerWidth && h.left >= 0")
+        assert on_screen, "the unseen top-1 column is not in the first view"
+        assert "raw" not in runs[0]["config"] and "sweep" not in runs[0]["config"]
+    finally:
+        browser.close()
+
+
+@needs_browser
 def test_browser_run_list_and_run_detail(two_cli_runs, omniboard_for, shots):
     url = omniboard_for()
     db = database(two_cli_runs["info"].url)
