@@ -151,7 +151,8 @@ def config():
     check_track_split(train_mode, dataset, split, data_root)
     _d = {**TRACK_DEFAULTS[train_mode], **_spec.defaults}
 
-    max_frame = _d.get("max_frame", _spec.frames)  # T the model sees; other lengths are resampled
+    # T the model sees (other lengths are resampled); a track's own (Setting 2: 64) wins over a dataset's
+    max_frame = TRACK_DEFAULTS[train_mode].get("max_frame", _d.get("max_frame", _spec.frames))
     unseen_classes = list(_split["unseen"])
     val_seed = 0  # draws the validation classes where the split publishes none
     # where the split publishes none: drawn from the seen classes (data/catalog.py: default_val_count)
