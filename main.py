@@ -335,7 +335,10 @@ def cli() -> None:
         attach_observers(ex)
     interrupt_on_sigterm()
     use_short_errors()
-    ex.run_commandline()
+    try:
+        ex.run_commandline()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run said how to resume it; no traceback
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 from data import demo
 from data.arrays import ArraySpec, DataError, load_part, part_paths
 from data.catalog import DatasetSpec, split_dir
+
+log = logging.getLogger("pgfa")
 
 
 @dataclass
@@ -61,6 +64,7 @@ def ensure_prepared(data_root: str | Path, dataset: str, split: str | int) -> No
     """The demo data is generated on first use (about a second); other datasets are prepared by
     their own command, named in the error when their files are missing."""
     if dataset == "demo" and not demo.is_prepared(data_root, split):
+        log.info("generating the demo dataset into %s (once, a few seconds)", Path(data_root) / "zeroshot" / "demo")
         demo.prepare(data_root)
 
 

@@ -8,6 +8,7 @@ model is *stale* and is refused with the command that rebuilds it.
 from __future__ import annotations
 
 import hashlib
+import sys
 import json
 import time
 from pathlib import Path
@@ -77,6 +78,8 @@ def load(data_root: str | Path, dataset: str, kind: str, model: str, *, num_clas
     if not path.is_file():
         if not build_missing:
             raise EmbeddingError(f"missing text embeddings {path}; build them with: {fix}")
+        print(f"embedding the {kind!r} class texts of {dataset} with {model} into {path} (once)", file=sys.stderr,
+              flush=True)
         build(data_root, dataset, kind, model, num_classes)
     side = sidecar_path(path)
     if not side.is_file():

