@@ -80,11 +80,13 @@ def place_subset(subset: Subset, device: torch.device, mode: str | bool = "auto"
 
 
 LOG_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
+HALFWAY_AFTER = 3.0  # an epoch still running after this many seconds logs its half-way point
 
 
 def progress(iterable, total: int, desc: str):
     """A progress bar on a terminal; in a log (``make demo > log``, nohup, CI) one line about
-    every 30 s with the batch position, the rate and the time left."""
+    every 30 s, and one at the half-way batch of an epoch that takes more than a few seconds,
+    with the batch position, the rate and the time left."""
     if sys.stderr.isatty():
         return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
                     mininterval=1.0)
@@ -96,7 +98,8 @@ def log_progress(iterable, total: int, desc: str, every: float = LOG_EVERY, cloc
     for i, item in enumerate(iterable, 1):
         yield item
         now = clock()
-        if now - last >= every and i < total:
+        halfway = i == total // 2 and now - start >= HALFWAY_AFTER  # short epochs get one line too
+        if (now - last >= every or halfway) and i < total:
             last = now
             rate = (now - start) / i
             log.info("%s: batch %d/%d (%d%%), %.2f s/batch, about %s left", desc, i, total, 100 * i // total,
