@@ -111,8 +111,10 @@ for _source in project_sources():
 # Hyper-parameters that differ by track (the dataset's own defaults override these).
 # Setting 2 (PGFA's "sota" track): Shift-GCN on sequences stretched from 50 to 64 frames.
 # One-shot (PGFA/SkeletonX): 100 epochs in the original (the demo keeps its own short schedule).
+# Supervised (FR-Head/CTR-GCN tables): classification over every class of the dataset's protocol.
 TRACK_DEFAULTS: dict[str, dict] = {"main": {}, "sota": {"backbone": "shiftgcn", "max_frame": 64},
-                                   "test": {}, "one_shot": {"epoch_num": 100}}
+                                   "test": {}, "one_shot": {"epoch_num": 100}, "supervised": {},
+                                   "ensemble": {}}
 
 
 def check_track_split(train_mode: str, dataset: str, split: str | int, data_root: str | None = None) -> None:
@@ -130,13 +132,15 @@ def check_track_split(train_mode: str, dataset: str, split: str | int, data_root
 
 @ex.config
 def config():
-    train_mode = "main"  # main (Setting 1) | sota (Setting 2) | test (evaluate a checkpoint) | one_shot
+    train_mode = "main"  # main (Setting 1) | sota (Setting 2) | test (evaluate a checkpoint) | one_shot | supervised | ensemble
     if train_mode not in TRACKS:
         raise ValueError(f"unknown train_mode {train_mode!r}; choose one of {list(TRACKS)}")
     # Where the run is recorded (experiments/tracking/observer.py). Credentials never reach the stored config.
     mongo_url = ""  # "" = $PGFA_MONGO_URL if set, else the embedded server; or mongodb://user:pass@host:port/db
     offline = False  # True: record locally only; `python main.py sync` uploads to MongoDB later
     checkpoint = ""  # train_mode="test": a best.pt, a run folder, or the id of a run recorded in MongoDB
+    ensemble_members = []  # train_mode="ensemble": run ids, run folders or scores files (experiments/suite/ensemble.py)
+    ensemble_weights = []  # [] = FR-Head's stream weights where they apply, else equal (recorded in the result)
     # (test mode: the checkpoint's model entries, dataset and split are applied when the run starts)
 
     dataset = "demo"  # demo | ntu60 | ntu120 | pku | utd_mhad | nw_ucla | a generic dataset
@@ -153,15 +157,19 @@ def config():
 
     # T the model sees (other lengths are resampled); a track's own (Setting 2: 64) wins over a dataset's
     max_frame = TRACK_DEFAULTS[train_mode].get("max_frame", _d.get("max_frame", _spec.frames))
-    unseen_classes = list(_split["unseen"])
-    val_seed = 0  # draws the validation classes where the split publishes none
-    # where the split publishes none: drawn from the seen classes (data/catalog.py: default_val_count)
-    val_classes = list(_split["val"]) if _split["val"] else draw_val_classes(
-        _spec.num_classes, unseen_classes, default_val_count(_spec.num_classes, len(unseen_classes)), val_seed)
+    val_seed = 0  # draws the validation classes where the split publishes none (supervised: the validation part)
+    if train_mode in ("supervised", "ensemble"):  # every class is trained and tested: no class split
+        unseen_classes, val_classes = [], []
+    else:
+        unseen_classes = list(_split["unseen"])
+        # where the split publishes none: drawn from the seen classes (data/catalog.py: default_val_count)
+        val_classes = list(_split["val"]) if _split["val"] else draw_val_classes(
+            _spec.num_classes, unseen_classes, default_val_count(_spec.num_classes, len(unseen_classes)), val_seed)
     out_dir = ""  # checkpoints and resumable state; "" = runs/<time>-<dataset>-split<k>-<mode>-seed<s>
     resume = ""  # a run folder holding last.pt: continue that run where it stopped (same config)
 
-    backbone = _d.get("backbone", "stgcn")  # stgcn | shiftgcn (module/registry.py)
+    backbone = _d.get("backbone", "stgcn")  # stgcn | shiftgcn | ctrgcn (module/registry.py)
+    modality = _d.get("modality", "joint")  # input stream: joint | bone | joint_motion | bone_motion (data/streams.py)
     _m = {**model_defaults(backbone), "graph_layout": _spec.layout, "num_person": _spec.num_person, **_d}
     in_channels = _m["in_channels"]
     hidden_channels = _m["hidden_channels"]  # module/defaults.py: ST-GCN 16, Shift-GCN 64
@@ -187,9 +195,11 @@ def config():
 
     lr = _d.get("lr", 0.05)
     momentum = 0.9
-    weight_decay = 5e-4
+    nesterov = _d.get("nesterov", False)  # Nesterov momentum (CTR-GCN/FR-Head use it)
+    weight_decay = _d.get("weight_decay", 5e-4)
     epoch_num = _d.get("epoch_num", 50)
     batch_size = _d.get("batch_size", "auto")  # auto: from the training-set size (several steps per epoch)
+    train_repeat = _d.get("train_repeat", 1)  # passes over the training set per epoch (FR-Head's NW-UCLA feeder: 5)
     eval_batch_size = 256
     warmup_epochs = _d.get("warmup_epochs", 5)
     lr_schedule = "step"  # step | cos
@@ -200,7 +210,26 @@ def config():
     loss_beta = 1.0
     loss_margin = 1.0  # m of the margin variants
 
-    selection = "val"  # val: select the epoch on validation classes | test: on unseen test accuracy (original)
+    # Augmentation of the training batches (data/augment.py), on joints, before the input stream
+    aug_rotate = _d.get("aug_rotate", 0.0)  # max rotation per sequence about each axis, radians (CTR-GCN: 0.3)
+    aug_scale = _d.get("aug_scale", 0.0)  # per-axis scale 1 ± this (pyskl RandomScale: 0.1)
+    aug_shear = _d.get("aug_shear", 0.0)  # shear coefficients within ± this
+    aug_crop = _d.get("aug_crop", [1.0, 1.0])  # temporal crop of this fraction range, resized back (CTR-GCN: [0.5, 1])
+    skelemix = _d.get("skelemix", 0.0)  # probability per batch of SkeleMix (body parts x a time span), mixed targets
+    # FR-Head (module/frhead.py): multi-level contrastive feature refinement, an auxiliary loss in every track
+    fr_head = _d.get("fr_head", False)
+    fr_weight = 0.1  # weight of the FR-Head loss beside the track's loss (FR-Head's w_cl_loss)
+    fr_level_weights = [0.1, 0.2, 0.5, 1.0]  # low, mid, high, final levels (ST-Multi-Level, FR-Head's README)
+
+    # supervised track: classification over the dataset's classes under its standard protocol
+    protocol = ""  # "" = the dataset's standard (NW-UCLA xview, UTD-MHAD xsub, NTU xsub); or xview / xset
+    label_smoothing = 0.0  # cross-entropy label smoothing
+    val_fraction = 0.1  # share of each class's training samples held out (seeded by val_seed) for selection
+
+    # val: select on validation data (zero-shot: held-out seen classes; supervised: the validation part)
+    # test: on test accuracy (the original's / the published tables' best epoch; labelled in the result)
+    # last: the last epoch (supervised only; labelled)
+    selection = "val"
     monitor_unseen = True  # log unseen top-1 per epoch (monitoring only, never used for selection)
 
     DA = True  # apply PGFA's prototype-guided text feature alignment at test time
@@ -255,6 +284,28 @@ def sota():
 def demo():
     """The built-in synthetic demo dataset (a few minutes on a CPU)."""
     dataset = "demo"
+
+
+@ex.named_config
+def frhead_ucla():
+    """NW-UCLA supervised as FR-Head's published run (config/ucla/default.yaml): CTR-GCN, 52 frames,
+    SGD with Nesterov, lr 0.1 (step at 50, 5 warm-up epochs), weight decay 1e-4, batch 16, 65 epochs
+    of 5 passes each, FR-Head ST-Multi-Level (0.1, 0.2, 0.5, 1; weight 0.1). Its feeder picks 52 frames
+    at random from each sequence: here a temporal crop of 50-100% resized back stands in for it."""
+    dataset = "nw_ucla"
+    train_mode = "supervised"
+    backbone = "ctrgcn"
+    max_frame = 52
+    lr = 0.1
+    nesterov = True
+    weight_decay = 1e-4
+    batch_size = 16
+    epoch_num = 65
+    train_repeat = 5
+    warmup_epochs = 5
+    lr_steps = [50]
+    fr_head = True
+    aug_crop = [0.5, 1.0]
 
 
 @ex.named_config

@@ -14,6 +14,8 @@
     python main.py install_tracking                       # install it and Omniboard (once; runs do it on demand)
     python main.py omniboard                              # browse the runs (http://127.0.0.1:9000/)
     python main.py sync                                   # upload runs recorded offline or during an outage
+    python main.py with nw_ucla train_mode="supervised" backbone="ctrgcn" modality="bone"   # supervised track
+    python main.py ensemble with ensemble_members=[3,4,5,6]   # fuse recorded runs' saved scores
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ from experiments.tracking.output import interrupt_on_sigterm
 # that use them, so `--help` and `print_config` answer in a few seconds.
 
 # One loop for every training track; tracks differ by config (config.py: TRACK_DEFAULTS).
-TRACK_RUNNERS = {"main": "run_zero_shot", "sota": "run_zero_shot", "one_shot": "run_zero_shot", "test": "run_test"}
+TRACK_RUNNERS = {"main": "tracks:run_zero_shot", "sota": "tracks:run_zero_shot", "one_shot": "tracks:run_zero_shot",
+                 "test": "tracks:run_test", "supervised": "supervised:run_supervised",
+                 "ensemble": "experiments.suite.ensemble:run_ensemble"}
 # Commands that train or evaluate models: they run under the project's allocator (experiments/runtime.py).
 HEAVY_COMMANDS = {"run"}
 
@@ -39,11 +43,13 @@ def run(_config, _run):
     """Train and evaluate the configured track; the result dict is the run's result."""
     from experiments.tracking.observer import run_config
     from experiments.tracking.output import plain, redact
+    import importlib
+
     from experiments.tracking.tracker import SacredTracker
-    from experiments.train import tracks
 
     tracker = SacredTracker(_run)
-    runner = getattr(tracks, TRACK_RUNNERS[_config["train_mode"]])
+    module, name = TRACK_RUNNERS[_config["train_mode"]].split(":")
+    runner = getattr(importlib.import_module(module if "." in module else f"experiments.train.{module}"), name)
     try:
         result = runner(run_config(redact(plain(_config))), tracker)  # the checkpoint stores this config
     except KeyboardInterrupt:
@@ -82,9 +88,15 @@ def end_summary(cfg: dict, _run, result: dict) -> str:
     from experiments.tracking.database import MONGO_URL_ENV
     from experiments.tracking.output import redact_text
 
-    folder = Path(result.get("checkpoint", "")).parent
-    lines = ["", f"run {_run._id} finished: unseen top-1 {result['unseen_top1']:.2f}% inductive"
-             + (f", {result['unseen_top1_aligned']:.2f}% aligned" if result.get("unseen_top1_aligned") is not None else ""),
+    folder = Path(result.get("checkpoint") or result.get("scores", "")).parent
+    if "ensemble_top1" in result:
+        headline = f"ensemble top-1 {result['ensemble_top1']:.2f}%, top-5 {result['ensemble_top5']:.2f}% ({result['weight_rule']})"
+    elif "test_top1" in result:
+        headline = f"test top-1 {result['test_top1']:.2f}%, top-5 {result['test_top5']:.2f}% ({result['modality']} stream)"
+    else:
+        headline = f"unseen top-1 {result['unseen_top1']:.2f}% inductive" + (
+            f", {result['unseen_top1_aligned']:.2f}% aligned" if result.get("unseen_top1_aligned") is not None else "")
+    lines = ["", f"run {_run._id} finished: {headline}",
              f"  files:   {folder}/ ({', '.join(sorted(p.name for p in folder.glob('*') if p.is_file()))})"]
     url = cfg["mongo_url"] or os.environ.get(MONGO_URL_ENV, "")
     if cfg["offline"]:
@@ -314,6 +326,17 @@ def sync(mongo_url):
     print(f"{len(done['uploaded'])} run(s) uploaded to {target.display}; {len(done['waiting'])} still running")
 
 
+def ensemble_alias(argv: list[str]) -> list[str]:
+    """``python main.py ensemble [with ...]`` is the training command with ``train_mode="ensemble"``
+    (recorded like every run)."""
+    if len(argv) > 1 and argv[1] == "ensemble":
+        rest = argv[2:]
+        if rest[:1] == ["with"]:
+            rest = rest[1:]
+        return [argv[0], "with", "train_mode=ensemble", *rest]
+    return argv
+
+
 def command_of(argv: list[str]) -> str:
     """The Sacred command a command line runs (``run``, the training one, when it names none)."""
     for arg in argv[1:]:
@@ -327,6 +350,7 @@ def command_of(argv: list[str]) -> str:
 def cli() -> None:
     """The command line: ``python main.py ...``, or ``pgfa ...`` after ``pip install .``."""
     logging.getLogger("pgfa").setLevel(logging.INFO)
+    sys.argv = ensemble_alias(sys.argv)
     if command_of(sys.argv) in HEAVY_COMMANDS:  # the observed command: recorded, under the allocator
         from experiments.runtime import ensure_allocator_settings
         from experiments.tracking.observer import attach_observers

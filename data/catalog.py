@@ -17,7 +17,7 @@ import numpy as np
 from experiments.files import PROJECT_ROOT
 
 SPLITS_FILE = PROJECT_ROOT / "data" / "splits.json"  # shipped with the code
-TRACKS = ("main", "sota", "test", "one_shot")
+TRACKS = ("main", "sota", "test", "one_shot", "supervised", "ensemble")
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def holdout_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
         idx = np.flatnonzero(labels == c)
         k = min(len(idx) - 1, max(1, round(fraction * len(idx))))
         if k < 1:
-            raise DataError(f"class {c} has {len(idx)} training sample(s): too few to hold any out for GZSL calibration")
+            raise DataError(f"class {c} has {len(idx)} training sample(s): too few to hold any out (GZSL calibration, supervised validation part)")
         mask[rng.choice(idx, size=k, replace=False)] = True
     return mask
 

@@ -27,6 +27,7 @@ MODEL_DEFAULTS: dict[str, object] = {
 BACKBONE_OVERRIDES: dict[str, dict[str, object]] = {
     "stgcn": {},
     "shiftgcn": {"hidden_channels": 64},  # the original's 64-64-64-64-128-...-256
+    "ctrgcn": {"hidden_channels": 64, "dropout": 0.0},  # the paper's base width; its drop_out is 0
 }
 
 

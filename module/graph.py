@@ -201,3 +201,37 @@ def adjacency(layout: Layout | str, strategy: str = "spatial", max_hop: int = 1)
     else:
         raise ValueError(f"unknown graph strategy {strategy!r}; use uniform, distance or spatial")
     return np.stack(stack).astype(np.float32)
+
+
+def bone_parents(layout: Layout | str) -> tuple[int, ...]:
+    """Parent joint of every joint (0-based), the root (the layout's centre) its own parent.
+
+    Parents are found by walking the bones outwards from the centre, so a bone points from a
+    joint towards the centre of the body. This reproduces the bone tables of CTR-GCN/pyskl:
+    on ``ntu25`` (centre spine_shoulder) every (child, parent) pair of CTR-GCN's ``ntu_pairs``,
+    on ``kinect20`` (centre shoulder_center) NW-UCLA's bone list of its NW-UCLA feeder.
+    A joint no bone reaches is an error naming it (a layout whose skeleton falls apart).
+    """
+    if isinstance(layout, str):
+        layout = get_layout(layout)
+    v = layout.num_joints
+    nbrs: list[list[int]] = [[] for _ in range(v)]
+    for a, b in layout.edges:
+        nbrs[a].append(b)
+        nbrs[b].append(a)
+    parent = [-1] * v
+    parent[layout.center] = layout.center
+    frontier = [layout.center]
+    while frontier:
+        nxt = []
+        for j in frontier:
+            for k in sorted(nbrs[j]):
+                if parent[k] < 0:
+                    parent[k] = j
+                    nxt.append(k)
+        frontier = nxt
+    orphans = [layout.joints[j] for j in range(v) if parent[j] < 0]
+    if orphans:
+        raise ValueError(f"layout {layout.name!r}: joints {orphans} are not connected to the centre "
+                         f"{layout.joints[layout.center]!r} by any bone")
+    return tuple(parent)

@@ -1,10 +1,43 @@
-"""Skeleton encoder + projection head into the text space + learnable temperature."""
+"""The models every track trains: an input stream, a skeleton encoder and a head.
+
+* ``SkeletonTextModel``: backbone → linear projection into the text space, with a learnable
+  temperature (the zero-shot tracks);
+* ``ClassifierModel``: backbone → linear classifier over the dataset's classes (the
+  supervised track).
+
+Both convert the joints they are given into the configured input stream first
+(``InputStream``: joint, bone, joint motion, bone motion; ``data/streams.py``), so a
+checkpoint evaluates the same stream it was trained on and augmentation always acts on
+joints. An FR-Head (``module/frhead.py``), when configured, is attached as ``fr_head``: its
+parameters and prototype memory then train and are saved with the model.
+"""
 from __future__ import annotations
 
 import math
 
 import torch
 from torch import nn
+
+
+class InputStream(nn.Module):
+    """Joints ``(N, C, T, V, M)`` → the ``modality`` stream of the same shape (no parameters)."""
+
+    def __init__(self, modality: str = "joint", layout: str = "ntu25"):
+        super().__init__()
+        from data.streams import check_modality
+
+        check_modality(modality)
+        self.modality, self.layout = modality, layout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.modality == "joint":
+            return x
+        from data.streams import to_modality
+
+        return to_modality(x, self.modality, self.layout)
+
+    def extra_repr(self) -> str:
+        return f"modality={self.modality!r}, layout={self.layout!r}"
 
 
 class SkeletonTextModel(nn.Module):
@@ -17,8 +50,10 @@ class SkeletonTextModel(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, text_dim: int, init_temperature: float = 0.07,
-                 learn_temperature: bool = True, max_logit_scale: float = 100.0):
+                 learn_temperature: bool = True, max_logit_scale: float = 100.0,
+                 stream: InputStream | None = None):
         super().__init__()
+        self.stream = stream or InputStream()
         self.backbone = backbone
         self.head = nn.Linear(backbone.out_dim, text_dim)
         self.text_dim = text_dim
@@ -31,4 +66,21 @@ class SkeletonTextModel(nn.Module):
         return self.logit_scale.clamp(max=self.max_log_scale).exp()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))  # (N, text_dim)
+        return self.head(self.backbone(self.stream(x)))  # (N, text_dim)
+
+
+class ClassifierModel(nn.Module):
+    """Backbone ``(N, C, T, V, M) → (N, D)``, then a linear classifier ``D → num_classes``
+    (initialised as CTR-GCN's: normal with std sqrt(2 / num_classes), zero bias)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, stream: InputStream | None = None):
+        super().__init__()
+        self.stream = stream or InputStream()
+        self.backbone = backbone
+        self.fc = nn.Linear(backbone.out_dim, num_classes)
+        nn.init.normal_(self.fc.weight, 0.0, math.sqrt(2.0 / num_classes))
+        nn.init.zeros_(self.fc.bias)
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.backbone(self.stream(x)))  # (N, num_classes) logits

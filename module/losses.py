@@ -54,6 +54,20 @@ def kl(skel, text, labels, scale, **_) -> torch.Tensor:
     return _symmetric(scale * cosine(skel, text), gt)
 
 
+def mixed_same_label(labels: torch.Tensor, partner_labels: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """(B, B) soft same-label matrix of a mixed batch: row i is ``lam_i`` times sample i's own
+    class row plus ``1 - lam_i`` times its mixing partner's (a SkeleMix sample shows both)."""
+    own = same_label_matrix(labels, lam.dtype)
+    other = (partner_labels[:, None] == labels[None, :]).to(lam.dtype)
+    return lam[:, None] * own + (1 - lam[:, None]) * other
+
+
+def kl_soft_target(skel, text, target, scale) -> torch.Tensor:
+    """The paper's symmetric KL towards a given (B, B) target matrix (``kl`` uses the 0/1
+    same-label matrix; a mixed batch uses ``mixed_same_label``)."""
+    return _symmetric(scale * cosine(skel, text), target)
+
+
 def klv2(skel, text, labels, scale, *, alpha=1.0, beta=1.0, **_) -> torch.Tensor:
     """``alpha · kl + beta · KL`` of the skeleton–skeleton logits to the same target."""
     gt = same_label_matrix(labels, skel.dtype)

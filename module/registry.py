@@ -21,7 +21,7 @@ from module.defaults import model_defaults
 if TYPE_CHECKING:
     from torch import nn
 
-BUILTIN = ("module.stgcn", "module.shiftgcn")  # modules whose import registers a backbone
+BUILTIN = ("module.stgcn", "module.shiftgcn", "module.ctrgcn")  # modules whose import registers a backbone
 _BACKBONES: dict[str, Callable[..., "nn.Module"]] = {}
 
 

@@ -104,7 +104,7 @@ def _epoch_runner(spec: Spec, device: torch.device):
     """One training epoch over a resident random tensor of ``epoch_samples`` samples, through
     the project's own loop (``experiments.train.train_epoch``)."""
     from data.loading import Subset
-    from experiments.train.steps import place_subset, train_epoch
+    from experiments.train.steps import autocast, place_subset, train_epoch
     from module.losses import get_loss
 
     torch.manual_seed(0)
@@ -116,12 +116,17 @@ def _epoch_runner(spec: Spec, device: torch.device):
     data = place_subset(data, device, "auto")
     text = torch.randn(CLASSES, TEXT_DIM, device=device)
     gen = torch.Generator().manual_seed(0)
+    loss_fn, precision = get_loss("kl"), "bf16" if spec.bf16 else "fp32"
+
+    def objective(model, x, y, generator):  # the zero-shot objective without augmentation
+        with autocast(device, precision):
+            emb = model(x)
+        return loss_fn(emb.float(), text[y], y, model.scale())
 
     def step():
         sync(device)
         t0 = time.perf_counter()
-        train_epoch(model, data, text, opt, get_loss("kl"), batch_size=spec.batch, generator=gen, device=device,
-                    loss_kwargs={}, precision="bf16" if spec.bf16 else "fp32", desc="bench")
+        train_epoch(model, data, opt, objective, batch_size=spec.batch, generator=gen, device=device, desc="bench")
         sync(device)
         return time.perf_counter() - t0
 

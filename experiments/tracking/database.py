@@ -87,7 +87,7 @@ def connect(target: Target, timeout_ms: int = TIMEOUT_MS) -> pymongo.database.Da
 # Headline numbers (``info.summary``, SacredTracker) also stored as the first top-level fields of
 # the run document: Omniboard's run list orders its columns as the document's fields (config
 # entries last), so columns reading these fields are in its first view.
-LIST_FIELDS = ("unseen_top1", "unseen_top1_aligned", "best_val_top1", "epochs")
+LIST_FIELDS = ("unseen_top1", "unseen_top1_aligned", "best_val_top1", "epochs", "test_top1")
 
 
 class StrictMongoObserver(MongoObserver):

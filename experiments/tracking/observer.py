@@ -48,8 +48,14 @@ def run_config(cfg: dict) -> dict:
 
 
 def run_name(cfg: dict) -> str:
-    """``<dataset>-split<k>-<track>-seed<s>[-<tag>]``: what the run list calls a run."""
-    name = f"{cfg.get('dataset')}-split{cfg.get('split')}-{cfg.get('train_mode')}-seed{cfg.get('seed')}"
+    """``<dataset>-split<k>-<track>-seed<s>[-<tag>]`` (supervised: ``<dataset>-supervised-<stream>-seed<s>``):
+    what the run list calls a run."""
+    if cfg.get("train_mode") == "ensemble":
+        name = f"{cfg.get('dataset')}-ensemble-{len(cfg.get('ensemble_members') or [])}runs"
+    elif cfg.get("train_mode") == "supervised":
+        name = f"{cfg.get('dataset')}-supervised-{cfg.get('modality')}-seed{cfg.get('seed')}"
+    else:
+        name = f"{cfg.get('dataset')}-split{cfg.get('split')}-{cfg.get('train_mode')}-seed{cfg.get('seed')}"
     return f"{name}-{cfg['tag']}" if cfg.get("tag") else name
 
 

@@ -14,7 +14,8 @@ from typing import Protocol
 
 # Headline numbers of a finished run, copied from the result dict into info.summary.
 SUMMARY_KEYS = ("best_epoch", "best_val_top1", "best_unseen_top1_selection", "unseen_top1", "unseen_top1_aligned",
-                "unseen_per_class_mean", "unseen_per_class_mean_aligned")
+                "unseen_per_class_mean", "unseen_per_class_mean_aligned", "test_top1", "test_top5",
+                "best_test_top1_selection", "ensemble_top1")
 
 
 class Tracker(Protocol):

@@ -18,7 +18,9 @@ from sklearn.decomposition import PCA
 from descriptions import TextError, load_class_texts
 from experiments.train.metrics import confusion_matrix, per_class_accuracy
 
-MAX_PLOTTED_SAMPLES = 3000  # the embedding plot draws a seeded subset of larger test sets
+MAX_PLOTTED_SAMPLES = 3000
+TEST_SCORES_FILE = "test_scores.npz"      # supervised: class scores of the test samples
+UNSEEN_SCORES_FILE = "unseen_scores.npz"  # zero-shot: cosine scores of the unseen test samples  # the embedding plot draws a seeded subset of larger test sets
 
 
 def class_names(dataset: str, classes: list[int], data_root: str | Path | None = None) -> dict[int, str]:
@@ -71,9 +73,9 @@ def _tick_labels(classes: list[int], names: dict[int, str]) -> list[str]:
 
 
 def plot_confusion(path: Path, labels: torch.Tensor, classes: list[int], names: dict[int, str],
-                   pred: torch.Tensor, pred_aligned: torch.Tensor | None) -> None:
+                   pred: torch.Tensor, pred_aligned: torch.Tensor | None, title: str = "inductive (nearest text)") -> None:
     """Row-normalised confusion matrices (rows: true class), inductive and, if given, aligned."""
-    panels = [("inductive (nearest text)", pred)]
+    panels = [(title, pred)]
     if pred_aligned is not None:
         panels.append(("aligned (PGFA prototypes, transductive)", pred_aligned))
     k = len(classes)
@@ -146,7 +148,8 @@ def plot_embedding(path: Path, labels: torch.Tensor, classes: list[int], names: 
 
 
 # (panel title, metrics drawn in it, y-axis label): quantities of one unit share a panel
-CURVE_PANELS = (("accuracies", ("val_top1", "unseen_top1_monitor", "unseen_top1_aligned_monitor"), "top-1 (%)"),
+CURVE_PANELS = (("accuracies", ("val_top1", "unseen_top1_monitor", "unseen_top1_aligned_monitor", "test_top1_monitor"),
+                 "top-1 (%)"),
                 ("training loss", ("train_loss",), "loss"),
                 ("learning rate and temperature", ("lr", "temperature"), "value"))
 
@@ -170,4 +173,11 @@ def plot_curves(path: Path, history: list[dict], best_epoch: int) -> Path:
             ax.set_yscale("log")
         ax.legend(fontsize=7)
     fig.savefig(path, dpi=100)
+    return path
+
+
+def save_scores(path: Path, scores: torch.Tensor, labels: torch.Tensor, classes: list[int], meta: dict) -> Path:
+    """The test scores (N, K) in test-sample order with their labels and class ids; ``meta`` names the run."""
+    np.savez(path, scores=scores.numpy().astype(np.float32), labels=labels.numpy(), classes=np.asarray(classes),
+             **{k: np.asarray(v) for k, v in meta.items()})
     return path

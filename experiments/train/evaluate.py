@@ -16,13 +16,14 @@ import torch
 
 from data.loading import ZeroShotData
 from experiments.tracking.tracker import Tracker
-from experiments.train.artifacts import class_names, plot_curves, write_unseen_report
+from experiments.train.artifacts import UNSEEN_SCORES_FILE, class_names, plot_curves, save_scores, write_unseen_report
 from experiments.train.gzsl import choose_gamma, class_scores, evaluate_gzsl, one_shot_eval, pick_exemplars
 from experiments.train.metrics import balanced_accuracy, per_class_accuracy, top1
 from experiments.train.settings import AlignSettings, Settings
 from experiments.train.steps import embed
 from module.align import nearest_text, prototype_align
 from module.head import SkeletonTextModel
+from module.losses import cosine
 
 log = logging.getLogger("pgfa")
 
@@ -99,6 +100,11 @@ def final_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: Ske
     report = write_unseen_report(outcome.checkpoint.parent, data.unseen.y, data.unseen.classes,
                                  class_names(s.data.dataset, data.unseen.classes, s.data.data_root), res.pred,
                                  res.pred_aligned, res.feats, text, res.prototypes)
+    # the inductive scores (cosine to each unseen class's text), for stream ensembles
+    report.append(save_scores(outcome.checkpoint.parent / UNSEEN_SCORES_FILE,
+                              cosine(feats, text[torch.tensor(data.unseen.classes)].cpu()), data.unseen.y,
+                              data.unseen.classes, {"dataset": s.data.dataset, "split": str(s.data.split),
+                                                    "modality": s.model.modality}))
     if outcome.history:
         report.append(plot_curves(outcome.checkpoint.parent / "curves.png", outcome.history, outcome.best_epoch))
     for path in [outcome.checkpoint, *report]:

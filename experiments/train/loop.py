@@ -1,9 +1,11 @@
 """The epoch loop every track uses: the device, seeds, the learning-rate schedule, the
 optimiser, and per-epoch model selection.
 
-Per epoch: train on the training classes; evaluate zero-shot on the selection subset
-(validation classes, or the unseen test classes with ``selection="test"``) and keep the
-checkpoint that scores best there. The loop is resumable from ``last.pt``.
+Per epoch: one pass over the training samples with the track's objective (``objectives.py``);
+the track's evaluation (zero-shot: validation classes, or the unseen test classes with
+``selection="test"``; supervised: the validation part of the training set, or the test set)
+scores the epoch, and the checkpoint that scores best is kept. The loop is resumable from
+``last.pt``.
 """
 from __future__ import annotations
 
@@ -13,18 +15,17 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from data.loading import ZeroShotData
+from data.loading import Subset
 from experiments.tracking.tracker import Tracker
-from experiments.train.evaluate import Outcome, zero_shot_eval
+from experiments.train.evaluate import Outcome
 from experiments.train.settings import OptimSettings, Settings
 from experiments.train.state import STATE_FILE, best_path, load_state, restore_rng, save_checkpoint, save_state
-from experiments.train.steps import embed, train_epoch
-from module.head import SkeletonTextModel
-from module.losses import get_loss
+from experiments.train.steps import Objective, train_epoch
 
 log = logging.getLogger("pgfa")
 
@@ -70,24 +71,42 @@ def epoch_lr(epoch: int, optim: OptimSettings) -> float:
                  epoch_num=optim.epoch_num, lr_steps=optim.lr_steps, lr_gamma=optim.lr_gamma)
 
 
-def make_optimizer(model: SkeletonTextModel, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+def make_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float,
+                   nesterov: bool = False) -> torch.optim.SGD:
     # No weight decay on the temperature: decay would pull the scale towards 1.
     decay = [p for n, p in model.named_parameters() if n != "logit_scale" and p.requires_grad]
     groups = [{"params": decay, "weight_decay": weight_decay}]
-    if model.logit_scale.requires_grad:
-        groups.append({"params": [model.logit_scale], "weight_decay": 0.0})
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    scale = getattr(model, "logit_scale", None)
+    if scale is not None and scale.requires_grad:
+        groups.append({"params": [scale], "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
 
 
-def train_and_select(s: Settings, data: ZeroShotData, text: torch.Tensor, model: SkeletonTextModel,
-                     device: torch.device, tracker: Tracker, generator: torch.Generator, folder: Path) -> Outcome:
-    """The epoch loop with per-epoch selection; resumable from ``last.pt`` (``s.run.resume``)."""
-    optim, ev, precision = s.optim, s.eval, s.run.precision
-    text_dev = text.to(device)
-    loss_fn = get_loss(s.loss.name)
-    optimizer = make_optimizer(model, optim.lr, optim.momentum, optim.weight_decay)
-    select_on = data.unseen if ev.by_test else data.val
+# Per-epoch evaluation of a track: (selection score, metrics to log under their names).
+EpochEval = Callable[[torch.nn.Module], "tuple[float, dict[str, float]]"]
+
+
+def epoch_log_line(metrics: dict[str, float], selection_key: str) -> str:
+    """The accuracies of an epoch's log line, the selection metric first."""
+    keys = [selection_key] + sorted(k for k in metrics if k != selection_key and ("top1" in k or "top5" in k))
+    return "  ".join(f"{k} {metrics[k]:.2f}%" for k in keys if k in metrics)
+
+
+def train_and_select(s: Settings, train: Subset, model: torch.nn.Module, device: torch.device, tracker: Tracker,
+                     generator: torch.Generator, folder: Path, objective: Objective, evaluate_epoch: EpochEval,
+                     selection_key: str) -> Outcome:
+    """The epoch loop with per-epoch selection; resumable from ``last.pt`` (``s.run.resume``).
+
+    Args:
+        train: the training samples. objective: the loss of one batch (``objectives.py``).
+        evaluate_epoch: the track's per-epoch evaluation; its score selects the checkpoint (the
+            highest; with ``selection="last"`` the last epoch's).
+        selection_key: the metric name the score is logged under.
+    """
+    optim = s.optim
+    optimizer = make_optimizer(model, optim.lr, optim.momentum, optim.weight_decay, optim.nesterov)
     ckpt_path, state_path = best_path(folder), folder / STATE_FILE
+    keep_last = s.eval.selection == "last"
 
     best = {"score": -1.0, "epoch": -1, "state": None}
     history: list[dict] = []
@@ -109,31 +128,23 @@ def train_and_select(s: Settings, data: ZeroShotData, text: torch.Tensor, model:
         lr = epoch_lr(epoch, optim)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        loss = train_epoch(model, data.train, text_dev, optimizer, loss_fn, batch_size=optim.batch_size,
-                           generator=generator, device=device, loss_kwargs=s.loss.kwargs(),
-                           desc=f"epoch {epoch + 1}/{optim.epoch_num}", precision=precision)
-        sel = zero_shot_eval(embed(model, select_on.x, batch_size=ev.batch_size, device=device, precision=precision),
-                             select_on.y, select_on.classes, text)
-        metrics = {"train_loss": loss, "lr": lr, "temperature": 1.0 / model.scale().item()}
-        metrics["unseen_top1_monitor" if ev.by_test else "val_top1"] = sel.top1
-        if ev.monitor_unseen and not ev.by_test:
-            mon = zero_shot_eval(embed(model, data.unseen.x, batch_size=ev.batch_size, device=device,
-                                       precision=precision), data.unseen.y, data.unseen.classes, text, ev.align)
-            metrics["unseen_top1_monitor"] = mon.top1
-            if mon.top1_aligned is not None:
-                metrics["unseen_top1_aligned_monitor"] = mon.top1_aligned
-        if sel.top1 > best["score"]:
-            best = {"score": sel.top1, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-            save_checkpoint(ckpt_path, model, s.config, epoch, {"selection_top1": sel.top1})
+        loss = train_epoch(model, train, optimizer, objective, batch_size=optim.batch_size, generator=generator,
+                           device=device, desc=f"epoch {epoch + 1}/{optim.epoch_num}", repeat=optim.train_repeat)
+        score, evaluated = evaluate_epoch(model)
+        metrics = {"train_loss": loss, "lr": lr}
+        if hasattr(model, "scale"):
+            metrics["temperature"] = 1.0 / model.scale().item()
+        metrics.update(evaluated)
+        if keep_last or score > best["score"]:
+            best = {"score": score, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            save_checkpoint(ckpt_path, model, s.config, epoch, {"selection_top1": score})
         metrics["epoch_seconds"] = time.time() - t0
         history.append(metrics)
         save_state(state_path, model=model, optimizer=optimizer, generator=generator, cfg=s.config,
                    next_epoch=epoch + 1, best=best, history=history, train_seconds=time.time() - t_start)
         for k, v in metrics.items():
             tracker.log_scalar(k, v, epoch)
-        log.info("epoch %d/%d  loss %.4f  lr %.4g  %s %.2f%%%s  (%.1fs)", epoch + 1, optim.epoch_num, loss, lr,
-                 "unseen(selection)" if ev.by_test else "val", sel.top1,
-                 f"  unseen(monitor) {metrics['unseen_top1_monitor']:.2f}%" if "unseen_top1_monitor" in metrics
-                 and not ev.by_test else "", metrics["epoch_seconds"])
+        log.info("epoch %d/%d  loss %.4f  lr %.4g  %s  (%.1fs)", epoch + 1, optim.epoch_num, loss, lr,
+                 epoch_log_line(metrics, selection_key), metrics["epoch_seconds"])
     model.load_state_dict(best["state"])
     return Outcome(best["epoch"], best["score"], time.time() - t_start, ckpt_path, history)

@@ -37,3 +37,10 @@ def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, classes: list[int
     """(K, K) counts: row = true class, column = predicted class, in ``classes`` order (pairs
     with a class outside ``classes`` are left out)."""
     return sklearn.metrics.confusion_matrix(labels.cpu().numpy(), pred.cpu().numpy(), labels=list(classes))
+
+
+def topk(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Percentage of samples whose label is among the ``k`` highest scores (over samples)."""
+    k = min(k, scores.shape[1])
+    hit = (scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
+    return 100.0 * hit.double().mean().item()

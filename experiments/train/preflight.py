@@ -7,6 +7,7 @@ from pathlib import Path
 
 from data.arrays import part_paths
 from data.catalog import get_dataset, split_dir
+from data.samples import samples_dir
 from descriptions import load_class_texts
 from experiments.files import STATE_FILE
 
@@ -14,12 +15,18 @@ from experiments.files import STATE_FILE
 def preflight(cfg: dict) -> None:
     """Raise ``FileNotFoundError`` / ``TextError`` / ``ValueError`` for inputs a run cannot use."""
     spec = get_dataset(cfg["dataset"], cfg["data_root"])
-    if cfg["dataset"] != "demo":  # the demo is generated on first use
+    if cfg["train_mode"] == "supervised":  # every class, from the prepared samples; no class texts
+        d = samples_dir(cfg["data_root"], cfg["dataset"], spec.frames)
+        if cfg["dataset"] != "demo" and not (d / "manifest.json").is_file():
+            raise FileNotFoundError(f"train_mode='supervised' reads the prepared samples of {cfg['dataset']} ({d} has "
+                                    f"none); prepare them with: {spec.prepare}")
+    elif cfg["dataset"] != "demo":  # the demo is generated on first use
         d = split_dir(cfg["data_root"], cfg["dataset"], cfg["split"])
         missing = [p for part in ("seen_train", "unseen") for p in part_paths(d, part) if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"missing data file {missing[0]} ({cfg['dataset']} split {cfg['split']}); "
                                     f"prepare it with: {spec.prepare}")
-    load_class_texts(cfg["dataset"], cfg["text_kind"], spec.num_classes, data_root=cfg["data_root"])
+    if cfg["train_mode"] != "supervised":
+        load_class_texts(cfg["dataset"], cfg["text_kind"], spec.num_classes, data_root=cfg["data_root"])
     if cfg["resume"] and not (Path(cfg["resume"]) / STATE_FILE).is_file():
         raise FileNotFoundError(f"resume={cfg['resume']!r}: no {STATE_FILE} there (a run writes it after each epoch)")

@@ -28,6 +28,7 @@ class DataSettings:
 class ModelSettings:
     """The backbone's architecture entries (passed to its factory by name), the head and the temperature."""
     backbone: str
+    modality: str          # the input stream the model converts joints into (module/head.py: InputStream)
     in_channels: int
     hidden_channels: int
     out_channels: int
@@ -64,6 +65,33 @@ class OptimSettings:
     lr_schedule: str
     lr_steps: tuple[int, ...]
     lr_gamma: float
+    nesterov: bool
+    train_repeat: int      # passes over the training set per epoch
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Training-batch augmentation (``data/augment.py``), on joints."""
+    rotate: float
+    scale: float
+    shear: float
+    crop: tuple[float, float]
+    skelemix: float
+
+
+@dataclass(frozen=True)
+class FRSettings:
+    """FR-Head's auxiliary loss (``module/frhead.py``)."""
+    enabled: bool
+    weight: float
+    level_weights: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class SupervisedSettings:
+    protocol: str
+    label_smoothing: float
+    val_fraction: float
 
 
 @dataclass(frozen=True)
@@ -87,7 +115,7 @@ class AlignSettings:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    selection: str                 # "val" | "test"
+    selection: str                 # "val" | "test" | "last" (supervised)
     monitor_unseen: bool
     batch_size: int
     align: AlignSettings | None    # None: no alignment (DA=False)
@@ -122,6 +150,9 @@ class Settings:
     loss: LossSettings
     eval: EvalSettings
     run: RunSettings
+    augment: AugmentSettings
+    fr: FRSettings
+    supervised: SupervisedSettings
     config: dict  # the full (plain, redacted) config, stored with checkpoints
 
     @classmethod
@@ -134,7 +165,7 @@ class Settings:
             data=DataSettings(c["dataset"], str(c["data_root"]), c["split"], tuple(c["unseen_classes"]),
                               tuple(c["val_classes"]), int(c["val_seed"]), int(c["max_frame"]), bool(c["gzsl"]),
                               float(c["gzsl_holdout"])),
-            model=ModelSettings(c["backbone"], c["in_channels"], c["hidden_channels"], c["out_channels"], c["dropout"],
+            model=ModelSettings(c["backbone"], c["modality"], c["in_channels"], c["hidden_channels"], c["out_channels"], c["dropout"],
                                 c["graph_layout"], c["graph_strategy"], c["max_hop"], c["edge_importance"],
                                 c["temporal_kernel"], c["num_person"], c["shift_impl"], c["shift_pos_grad"],
                                 c["formulation"], int(c["text_dim"]), float(c["init_temperature"]),
@@ -142,11 +173,24 @@ class Settings:
             text=TextSettings(c["text_kind"], c["text_model"], int(c["text_dim"])),
             optim=OptimSettings(float(c["lr"]), float(c["momentum"]), float(c["weight_decay"]), int(c["epoch_num"]),
                                 c["batch_size"] if c["batch_size"] == "auto" else int(c["batch_size"]),
-                                int(c["warmup_epochs"]), c["lr_schedule"], tuple(c["lr_steps"]), float(c["lr_gamma"])),
+                                int(c["warmup_epochs"]), c["lr_schedule"], tuple(c["lr_steps"]), float(c["lr_gamma"]),
+                                bool(c["nesterov"]), int(c["train_repeat"])),
             loss=LossSettings(c["loss_type"], float(c["loss_alpha"]), float(c["loss_beta"]), float(c["loss_margin"])),
             eval=EvalSettings(c["selection"], bool(c["monitor_unseen"]), int(c["eval_batch_size"]), align,
                               int(c["exemplar_seed"]), float(c["one_shot_text_weight"])),
             run=RunSettings(c["train_mode"], int(c["seed"]), c["device"], c["precision"], c["data_on_device"],
                             c["out_dir"], c["resume"], str(c["checkpoint"]), c["mongo_url"], c["tag"]),
+            augment=AugmentSettings(float(c["aug_rotate"]), float(c["aug_scale"]), float(c["aug_shear"]),
+                                    _pair(c["aug_crop"], "aug_crop"), float(c["skelemix"])),
+            fr=FRSettings(bool(c["fr_head"]), float(c["fr_weight"]), tuple(float(w) for w in c["fr_level_weights"])),
+            supervised=SupervisedSettings(str(c["protocol"]), float(c["label_smoothing"]), float(c["val_fraction"])),
             config=dict(cfg),
         )
+
+
+def _pair(value, key: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be two numbers [low, high], got {value!r}") from None
+    return lo, hi

@@ -7,13 +7,12 @@ import logging
 import math
 import sys
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
 
 from data.loading import Subset
-from module.head import SkeletonTextModel
 
 log = logging.getLogger("pgfa")
 
@@ -41,9 +40,16 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def batches(n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
-            drop_last: bool = False) -> Iterator[torch.Tensor]:
-    """Index batches over an in-memory dataset (no loader workers: faster on few cores)."""
-    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+            drop_last: bool = False, repeat: int = 1) -> Iterator[torch.Tensor]:
+    """Index batches over an in-memory dataset (no loader workers: faster on few cores).
+
+    ``repeat`` > 1 makes one pass over ``repeat`` shuffled copies of the index list (CTR-GCN's
+    NW-UCLA feeder repeats its training set 5 times per epoch)."""
+    if shuffle:
+        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(repeat)])
+    else:
+        order = torch.arange(n).repeat(repeat)
+    n = len(order)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     for s in range(0, stop, batch_size):
         yield order[s:s + batch_size]
@@ -111,24 +117,26 @@ def _duration(seconds: float) -> str:
     return f"{m} min {s:02d} s" if m else f"{s} s"
 
 
-def train_epoch(model: SkeletonTextModel, data: Subset, text: torch.Tensor, optimizer, loss_fn, *,
-                batch_size: int, generator: torch.Generator, device: torch.device, loss_kwargs: dict,
-                desc: str = "train", precision: str = "fp32") -> float:
-    """One pass over the training samples; returns the sample-weighted mean loss.
+Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
-    ``precision="bf16"`` runs the forward pass under bfloat16 autocast; the loss is computed
-    in float32."""
+
+def train_epoch(model: torch.nn.Module, data: Subset, optimizer, objective: Objective, *, batch_size: int,
+                generator: torch.Generator, device: torch.device, desc: str = "train", repeat: int = 1) -> float:
+    """One pass (``repeat`` passes) over the training samples; returns the sample-weighted mean loss.
+
+    ``objective(model, x, y, generator)`` is the track's loss of one batch
+    (``experiments/train/objectives.py``: augmentation, the forward pass and its precision, the
+    loss and any auxiliary loss)."""
     model.train()
     total, seen = 0.0, 0
-    n_batches = len(data) // batch_size if len(data) >= batch_size else 1
-    for idx in progress(batches(len(data), batch_size, shuffle=True, generator=generator, drop_last=True),
-                        n_batches, desc):
+    n = len(data) * repeat
+    n_batches = n // batch_size if n >= batch_size else 1
+    for idx in progress(batches(len(data), batch_size, shuffle=True, generator=generator, drop_last=True,
+                                repeat=repeat), n_batches, desc):
         idx = idx.to(data.x.device)  # resident data (place_subset) is indexed where it lives
         x = data.x[idx].to(device, non_blocking=True)
         y = data.y[idx].to(device, non_blocking=True)
-        with autocast(device, precision):
-            emb = model(x)
-        loss = loss_fn(emb.float(), text[y], y, model.scale(), **loss_kwargs)
+        loss = objective(model, x, y, generator)
         value = loss.item()  # one device sync per step, checked before the weights change
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} ({desc}); lower lr or check the data")
@@ -141,9 +149,10 @@ def train_epoch(model: SkeletonTextModel, data: Subset, text: torch.Tensor, opti
 
 
 @torch.no_grad()
-def embed(model: SkeletonTextModel, x: torch.Tensor, *, batch_size: int, device: torch.device,
+def embed(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int, device: torch.device,
           desc: str = "embed", precision: str = "fp32") -> torch.Tensor:
-    """(N, text_dim) embeddings of a whole subset, in order (float32, on the CPU)."""
+    """(N, D) outputs of a whole subset, in order (float32, on the CPU): text-space embeddings of a
+    ``SkeletonTextModel``, class logits of a ``ClassifierModel``."""
     model.eval()
     with autocast(device, precision):
         out = [model(x[idx.to(x.device)].to(device)).float().cpu()

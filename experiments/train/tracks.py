@@ -12,14 +12,15 @@ from data.catalog import get_dataset
 from data.loading import Subset, ZeroShotData, load_zero_shot
 from experiments.tracking.tracker import NullTracker, Tracker
 from experiments.train.checkpoints import load_checkpoint, resolve_checkpoint
-from experiments.train.evaluate import Outcome, final_report
+from experiments.train.evaluate import Outcome, final_report, zero_shot_eval
 from experiments.train.gzsl import pick_exemplars
-from experiments.train.loop import resolve_device, seed_everything, train_and_select
+from experiments.train.loop import EpochEval, resolve_device, seed_everything, train_and_select
+from experiments.train.objectives import check_objective, zero_shot_objective
 from experiments.train.settings import ModelSettings, Settings
 from experiments.train.state import run_folder
-from experiments.train.steps import FEW_STEPS, auto_batch_size, autocast, place_subset, steps_per_epoch
+from experiments.train.steps import FEW_STEPS, auto_batch_size, autocast, embed, place_subset, steps_per_epoch
 from module import backbone_keys, build_backbone
-from module.head import SkeletonTextModel
+from module.head import InputStream, SkeletonTextModel
 from module.losses import get_loss
 from text import embeddings as text_embeddings
 
@@ -28,10 +29,24 @@ SELECTIONS = ("val", "test")
 
 
 def build_model(m: ModelSettings) -> SkeletonTextModel:
-    """The backbone (its factory gets exactly its own entries, by name) and the text head."""
+    """The input stream, the backbone (its factory gets exactly its own entries, by name) and the text head."""
     backbone = build_backbone(m.backbone, **backbone_kwargs(m))
     return SkeletonTextModel(backbone, m.text_dim, init_temperature=m.init_temperature,
-                             learn_temperature=m.learn_temperature)
+                             learn_temperature=m.learn_temperature, stream=InputStream(m.modality, m.graph_layout))
+
+
+def attach_fr_head(model: torch.nn.Module, s: Settings, num_classes: int) -> torch.nn.Module:
+    """With ``fr_head=True``: FR-Head over ``num_classes`` classes as ``model.fr_head`` (trained and
+    saved with the model; used only by the training objective). Its level shapes are read from one
+    forward pass of an input of the run's shape."""
+    if s.fr.enabled:
+        from module.frhead import FRHead
+        from module.graph import get_layout
+
+        m = s.model
+        sample = torch.zeros(2, m.in_channels, s.data.max_frame, get_layout(m.graph_layout).num_joints, m.num_person)
+        model.fr_head = FRHead.for_backbone(model.backbone, sample, num_classes, level_weights=s.fr.level_weights)
+    return model
 
 
 def backbone_kwargs(m: ModelSettings) -> dict:
@@ -54,8 +69,9 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
     d = s.data
     spec = get_dataset(d.dataset, d.data_root)
     if s.eval.selection not in SELECTIONS:
-        raise ValueError(f"selection must be 'val' or 'test', got {s.eval.selection!r}")
+        raise ValueError(f"selection must be 'val' or 'test' (zero-shot tracks), got {s.eval.selection!r}")
     get_loss(s.loss.name)
+    check_objective(s)
     use_val = s.eval.selection == "val" or d.gzsl
     data = load_zero_shot(d.data_root, spec, d.split, list(d.unseen_classes), list(d.val_classes), d.max_frame,
                           use_val=use_val, holdout=d.gzsl_holdout if d.gzsl else 0.0, holdout_seed=d.val_seed)
@@ -69,7 +85,7 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
     device = resolve_device(s.run.device)
     autocast(device, s.run.precision)  # validates the key before any work
     place_data(data, device, s.run.data_on_device)
-    model = build_model(s.model).to(device)
+    model = attach_fr_head(build_model(s.model), s, len(data.train.classes)).to(device)
     return data, text, model, device
 
 
@@ -117,8 +133,32 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
     s = with_batch_size(s, len(data.train))
     folder = folder_of(s)
     tracker.set_info("run_folder", str(folder))
-    outcome = train_and_select(s, data, text, model, device, tracker, generator, folder)
+    objective = zero_shot_objective(s, text.to(device), data.train.classes, device)
+    outcome = train_and_select(s, data.train, model, device, tracker, generator, folder, objective,
+                               zero_shot_epoch_eval(s, data, text, device),
+                               "unseen_top1_monitor" if s.eval.by_test else "val_top1")
     return {**final_report(s, data, text, model, device, tracker, outcome), "batch_size": s.optim.batch_size}
+
+
+def zero_shot_epoch_eval(s: Settings, data: ZeroShotData, text: torch.Tensor, device: torch.device) -> EpochEval:
+    """Per epoch: zero-shot top-1 on the selection subset (validation classes, or the unseen test
+    classes with ``selection="test"``), and the unseen classes as a monitor (never selected on)."""
+    ev, precision = s.eval, s.run.precision
+    select_on = data.unseen if ev.by_test else data.val
+
+    def evaluate(model) -> tuple[float, dict]:
+        sel = zero_shot_eval(embed(model, select_on.x, batch_size=ev.batch_size, device=device, precision=precision),
+                             select_on.y, select_on.classes, text)
+        metrics = {"unseen_top1_monitor" if ev.by_test else "val_top1": sel.top1}
+        if ev.monitor_unseen and not ev.by_test:
+            mon = zero_shot_eval(embed(model, data.unseen.x, batch_size=ev.batch_size, device=device,
+                                       precision=precision), data.unseen.y, data.unseen.classes, text, ev.align)
+            metrics["unseen_top1_monitor"] = mon.top1
+            if mon.top1_aligned is not None:
+                metrics["unseen_top1_aligned_monitor"] = mon.top1_aligned
+        return sel.top1, metrics
+
+    return evaluate
 
 
 def run_test(cfg: dict, tracker: Tracker | None = None) -> dict:
@@ -129,11 +169,15 @@ def run_test(cfg: dict, tracker: Tracker | None = None) -> dict:
     path = resolve_checkpoint(cfg["checkpoint"], cfg.get("mongo_url", ""))
     ckpt = load_checkpoint(path)
     trained = ckpt["config"]
-    # the result reports the rule that selected this checkpoint, not this run's default
-    s = Settings.from_config({**cfg, "selection": trained.get("selection", cfg["selection"])})
+    if trained.get("train_mode") == "supervised":
+        raise ValueError(f"{path}: a supervised classifier's checkpoint; train_mode='test' evaluates zero-shot "
+                         "checkpoints (a supervised run already scores its test set; its scores: test_scores.npz)")
+    # the result reports the rule that selected this checkpoint, not this run's default; the FR-Head
+    # (a training-only loss) is not rebuilt
+    s = Settings.from_config({**cfg, "selection": trained.get("selection", cfg["selection"]), "fr_head": False})
     data, text, model, device = prepare_run(s)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.startswith("fr_head.")})
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit the configured model ({exc})") from None
     outcome = Outcome(int(ckpt.get("epoch", -1)), float(ckpt.get("metrics", {}).get("selection_top1", float("nan"))),

@@ -94,10 +94,10 @@ def test_a_non_finite_loss_stops_training_before_the_weights_change():
     before = {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
     data = Subset(torch.randn(4, 3, 8, 25, 1), torch.tensor([0, 1, 0, 1]), [0, 1])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    nan_loss = lambda emb, text, y, scale: (emb * float("nan")).sum()
+    nan_objective = lambda model, x, y, generator: (model(x) * float("nan")).sum()
     with pytest.raises(FloatingPointError, match=r"loss became nan \(epoch 3\)"):
-        train_epoch(model, data, torch.randn(2, 6), opt, nan_loss, batch_size=2, generator=torch.Generator(),
-                    device=torch.device("cpu"), loss_kwargs={}, desc="epoch 3")
+        train_epoch(model, data, opt, nan_objective, batch_size=2, generator=torch.Generator(),
+                    device=torch.device("cpu"), desc="epoch 3")
     for k, v in model.state_dict().items():
         if k in before and "running" not in k:  # BatchNorm statistics move in the forward pass
             assert torch.equal(v, before[k]), k

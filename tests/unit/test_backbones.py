@@ -8,7 +8,20 @@ from module.head import SkeletonTextModel
 # Small widths for speed. Shift-GCN's default position gradient never moves xpos (by design,
 # see test_shiftgcn.py); the exact one checks that every parameter is wired into the graph.
 TINY = {"stgcn": dict(hidden_channels=4, out_channels=16),
-        "shiftgcn": dict(hidden_channels=4, out_channels=16, shift_impl="ref", shift_pos_grad="exact")}
+        "shiftgcn": dict(hidden_channels=4, out_channels=16, shift_impl="ref", shift_pos_grad="exact"),
+        "ctrgcn": dict(hidden_channels=8, out_channels=16)}
+
+
+def _switch_on_refinement(net) -> None:
+    """CTR-GCN starts with alpha = 0 (as the original), which multiplies the channel-wise
+    refinement, so conv1/conv2/conv4 of every CTRGC get exactly zero gradient at init.
+    A non-zero alpha checks that they are wired into the graph."""
+    with torch.no_grad():
+        for unit in net.blocks:
+            unit.gcn1.alpha.fill_(0.5)
+
+
+PREPARE = {"ctrgcn": _switch_on_refinement}
 
 
 @pytest.mark.parametrize("name", list_backbones())
@@ -18,6 +31,7 @@ def test_backbone_shape_finite_and_gradients(name, persons):
     # num_person reaches only the backbones that take it (Shift-GCN's input BatchNorm)
     entries = {**TINY.get(name, {}), "num_person": persons}
     net = build_backbone(name, **{k: v for k, v in entries.items() if k in backbone_keys(name)})
+    PREPARE.get(name, lambda net: None)(net)
     model = SkeletonTextModel(net, text_dim=12)
     x = torch.randn(3, 3, 16, 25, persons)
     out = model(x)

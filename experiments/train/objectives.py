@@ -1,0 +1,117 @@
+"""The loss of one training batch, per track: augmentation, the forward pass, the track's
+loss, and FR-Head's auxiliary loss. ``train_epoch`` (``steps.py``) calls one of these for
+every batch; the loop around it is the same for every track.
+
+* ``zero_shot_objective``: the skeleton–text loss (``loss_type``) against the class texts;
+  with SkeleMix, the symmetric KL towards mixed targets (a mixed sample belongs to its own
+  class with weight ``lam`` and to its partner's with ``1 - lam``).
+* ``supervised_objective``: cross-entropy over the dataset's classes (label smoothing
+  option); with SkeleMix, the same ``lam``-weighted mixed target.
+
+FR-Head's loss needs class logits and labels: the classifier's logits in the supervised
+track; in the zero-shot tracks the scaled cosine similarities to the texts of the training
+classes (each training class's text is its prototype). A mixed sample counts for FR-Head
+as the class that fills most of it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from data.augment import Augmentation
+from experiments.train.settings import Settings
+from experiments.train.steps import Objective, autocast
+from module.losses import cosine, get_loss, kl_soft_target, mixed_same_label
+
+SKELEMIX_LOSSES = ("kl",)  # losses with a soft-target form for mixed samples
+
+
+def augmentation(s: Settings) -> Augmentation:
+    a = s.augment
+    return Augmentation(rotate=a.rotate, scale=a.scale, shear=a.shear, crop=a.crop, skelemix=a.skelemix)
+
+
+def check_objective(s: Settings) -> None:
+    """Refuse combinations the objectives cannot honour, before any work."""
+    augmentation(s)  # validates the ranges
+    if s.augment.skelemix > 0 and s.run.train_mode != "supervised" and s.loss.name not in SKELEMIX_LOSSES:
+        raise ValueError(f"skelemix with loss_type={s.loss.name!r}: mixed targets are defined for "
+                         f"{list(SKELEMIX_LOSSES)}; use loss_type='kl' or skelemix=0")
+    if s.fr.enabled and len(s.fr.level_weights) != 4:
+        raise ValueError(f"fr_level_weights needs 4 weights (low, mid, high, final), got {list(s.fr.level_weights)}")
+
+
+def _views(aug: Augmentation, layout: str, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+    """The augmented batch, its partner labels and mixing weights (None, None without SkeleMix)."""
+    if not aug.enabled:
+        return x, None, None
+    x, partner, lam = aug.apply(x, generator, layout)
+    if partner is None:
+        return x, None, None
+    return x, y[partner.to(y.device)], lam.to(x.device, torch.float32)
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device, precision: str):
+    """The model's output (float32) and, with an FR-Head, the captured stage features."""
+    fr = getattr(model, "fr_head", None)
+    if fr is None:
+        with autocast(device, precision):
+            return model(x).float(), None
+    from module.frhead import capture_stages
+
+    with capture_stages(model.backbone) as stages, autocast(device, precision):
+        out = model(x).float()
+    return out, [t.float() for t in stages]
+
+
+def _major(y: torch.Tensor, y_partner: torch.Tensor | None, lam: torch.Tensor | None) -> torch.Tensor:
+    return y if y_partner is None else torch.where(lam >= 0.5, y, y_partner)
+
+
+def zero_shot_objective(s: Settings, text: torch.Tensor, train_classes: list[int], device: torch.device) -> Objective:
+    """Skeleton–text loss of one batch (``text``: (num_classes, D) on ``device``)."""
+    check_objective(s)
+    loss_fn, kw = get_loss(s.loss.name), s.loss.kwargs()
+    aug, layout, precision, fr = augmentation(s), s.model.graph_layout, s.run.precision, s.fr
+    cls = torch.tensor(train_classes, device=device)
+    index = torch.full((int(text.shape[0]),), -1, dtype=torch.long, device=device)
+    index[cls] = torch.arange(len(train_classes), device=device)  # class id -> position among the training classes
+
+    def objective(model, x, y, generator):
+        x, y_partner, lam = _views(aug, layout, x, y, generator)
+        emb, stages = _forward(model, x, device, precision)
+        scale = model.scale()
+        if y_partner is None:
+            loss = loss_fn(emb, text[y], y, scale, **kw)
+        else:
+            loss = kl_soft_target(emb, text[y], mixed_same_label(y, y_partner, lam), scale)
+        if stages is not None:
+            logits = scale * cosine(emb, text[cls])  # (B, K_train): each training class's text as its prototype
+            loss = loss + fr.weight * model.fr_head(stages, x.shape[-1], logits, index[_major(y, y_partner, lam)])
+        return loss
+
+    return objective
+
+
+def supervised_objective(s: Settings, device: torch.device) -> Objective:
+    """Cross-entropy of one batch over the dataset's classes."""
+    check_objective(s)
+    aug, layout, precision, fr = augmentation(s), s.model.graph_layout, s.run.precision, s.fr
+    smoothing = s.supervised.label_smoothing
+
+    def objective(model, x, y, generator):
+        x, y_partner, lam = _views(aug, layout, x, y, generator)
+        logits, stages = _forward(model, x, device, precision)
+        if y_partner is None:
+            loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        else:  # cross-entropy is linear in its target: the lam-mixed target's loss
+            own = F.cross_entropy(logits, y, label_smoothing=smoothing, reduction="none")
+            other = F.cross_entropy(logits, y_partner, label_smoothing=smoothing, reduction="none")
+            loss = (lam * own + (1 - lam) * other).mean()
+        if stages is not None:
+            loss = loss + fr.weight * model.fr_head(stages, x.shape[-1], logits, _major(y, y_partner, lam))
+        return loss
+
+    return objective
+
+
