@@ -20,7 +20,8 @@ from experiments.tracking import omniboard as board
 
 TINY = dict(text_model="minilm", text_kind="labels", epoch_num=2, hidden_channels=4, out_channels=32, batch_size=64,
             warmup_epochs=1)
-ARTIFACTS = {"best.pt", "unseen_confusion.png", "unseen_per_class.csv", "embedding_2d.png", "curves.png"}
+ARTIFACTS = {"best.pt", "unseen_confusion.png", "unseen_per_class.csv", "embedding_2d.png", "curves.png",
+             "unseen_scores.npz"}
 PER_EPOCH = ("train_loss", "lr", "temperature", "val_top1", "unseen_top1_monitor", "unseen_top1_aligned_monitor",
              "epoch_seconds")
 
