@@ -231,6 +231,10 @@ def config():
     # last: the last epoch (supervised only; labelled)
     selection = "val"
     monitor_unseen = True  # log unseen top-1 per epoch (monitoring only, never used for selection)
+    # Weight averaging (experiments/train/averaging.py): the averaged weights are evaluated, selected and kept
+    weight_average = "none"  # none | ema (exponential moving average per optimiser step) | swa (uniform, per epoch)
+    ema_decay = 0.999  # ema: decay per optimiser step (capped by a warm-up, (1 + n) / (10 + n) after n updates)
+    swa_start = 0.75  # swa: average the weights at the end of every epoch from this fraction of epoch_num on
 
     DA = True  # apply PGFA's prototype-guided text feature alignment at test time
     support_factor = _d.get("support_factor", 0.9)  # the fraction of each predicted class a prototype averages

@@ -6,6 +6,11 @@ the track's evaluation (zero-shot: validation classes, or the unseen test classe
 ``selection="test"``; supervised: the validation part of the training set, or the test set)
 scores the epoch, and the checkpoint that scores best is kept. The loop is resumable from
 ``last.pt``.
+
+With ``weight_average`` (``averaging.py``) the averaged weights are what each epoch evaluates,
+what selection considers and what ``best.pt`` and the final model hold (SWA: epochs before
+``swa_start`` evaluate the raw weights for the curve but are not selectable). The metric
+``averaged`` (1 or 0) and the log line's ``weights ema|swa|raw`` say which weights were evaluated.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import torch
 
 from data.loading import Subset
 from experiments.tracking.tracker import Tracker
+from experiments.train.averaging import WeightAverage, make_average, recompute_batchnorm, swa_first_epoch
 from experiments.train.evaluate import Outcome
 from experiments.train.settings import OptimSettings, Settings
 from experiments.train.state import STATE_FILE, best_path, load_state, restore_rng, save_checkpoint, save_state
@@ -108,6 +114,7 @@ def train_and_select(s: Settings, train: Subset, model: torch.nn.Module, device:
     ckpt_path, state_path = best_path(folder), folder / STATE_FILE
     keep_last = s.eval.selection == "last"
 
+    average = make_average(s.average, model)
     best = {"score": -1.0, "epoch": -1, "state": None}
     history: list[dict] = []
     start_epoch, spent = 0, 0.0
@@ -116,6 +123,11 @@ def train_and_select(s: Settings, train: Subset, model: torch.nn.Module, device:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state["rng"], generator)
+        if average is not None:
+            if "average" not in state:
+                raise ValueError(f"resume={s.run.resume!r}: its last.pt holds no weight average "
+                                 f"(weight_average={s.average.kind!r})")
+            average.load_state_dict(state["average"])
         best, history, start_epoch, spent = state["best"], state["history"], state["next_epoch"], state["train_seconds"]
         for epoch, metrics in enumerate(history):  # the new run record gets the whole curve
             for k, v in metrics.items():
@@ -129,22 +141,49 @@ def train_and_select(s: Settings, train: Subset, model: torch.nn.Module, device:
         for g in optimizer.param_groups:
             g["lr"] = lr
         loss = train_epoch(model, train, optimizer, objective, batch_size=optim.batch_size, generator=generator,
-                           device=device, desc=f"epoch {epoch + 1}/{optim.epoch_num}", repeat=optim.train_repeat)
-        score, evaluated = evaluate_epoch(model)
+                           device=device, desc=f"epoch {epoch + 1}/{optim.epoch_num}", repeat=optim.train_repeat,
+                           after_step=ema_hook(average, model))
+        scored, weights = weights_to_evaluate(s, average, model, train, epoch, device)
+        score, evaluated = evaluate_epoch(scored)
         metrics = {"train_loss": loss, "lr": lr}
-        if hasattr(model, "scale"):
-            metrics["temperature"] = 1.0 / model.scale().item()
+        if hasattr(scored, "scale"):
+            metrics["temperature"] = 1.0 / scored.scale().item()
+        if average is not None:
+            metrics["averaged"] = float(weights != "raw")
         metrics.update(evaluated)
-        if keep_last or score > best["score"]:
-            best = {"score": score, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-            save_checkpoint(ckpt_path, model, s.config, epoch, {"selection_top1": score})
+        selectable = average is None or weights != "raw"
+        if selectable and (keep_last or score > best["score"]):
+            best = {"score": score, "epoch": epoch, "state": copy.deepcopy(scored.state_dict())}
+            save_checkpoint(ckpt_path, scored, s.config, epoch, {"selection_top1": score, "weights": weights})
         metrics["epoch_seconds"] = time.time() - t0
         history.append(metrics)
         save_state(state_path, model=model, optimizer=optimizer, generator=generator, cfg=s.config,
-                   next_epoch=epoch + 1, best=best, history=history, train_seconds=time.time() - t_start)
+                   next_epoch=epoch + 1, best=best, history=history, train_seconds=time.time() - t_start,
+                   average=None if average is None else average.state_dict())
         for k, v in metrics.items():
             tracker.log_scalar(k, v, epoch)
-        log.info("epoch %d/%d  loss %.4f  lr %.4g  %s  (%.1fs)", epoch + 1, optim.epoch_num, loss, lr,
-                 epoch_log_line(metrics, selection_key), metrics["epoch_seconds"])
+        log.info("epoch %d/%d  loss %.4f  lr %.4g  %s%s  (%.1fs)", epoch + 1, optim.epoch_num, loss, lr,
+                 "" if average is None else f"weights {weights}  ", epoch_log_line(metrics, selection_key),
+                 metrics["epoch_seconds"])
     model.load_state_dict(best["state"])
     return Outcome(best["epoch"], best["score"], time.time() - t_start, ckpt_path, history)
+
+
+def ema_hook(average: WeightAverage | None, model: torch.nn.Module) -> Callable[[], None] | None:
+    """The per-optimiser-step update of an EMA (None otherwise: ``train_epoch`` runs as without averaging)."""
+    if average is None or average.kind != "ema":
+        return None
+    return lambda: average.update(model)
+
+
+def weights_to_evaluate(s: Settings, average: WeightAverage | None, model: torch.nn.Module, train: Subset,
+                        epoch: int, device: torch.device) -> tuple[torch.nn.Module, str]:
+    """The module an epoch evaluates and its name (``"raw"``, ``"ema"``, ``"swa"``); SWA folds the epoch's
+    weights in from ``swa_start`` on and recomputes the average's BatchNorm statistics on ``train``."""
+    if average is None:
+        return model, "raw"
+    if average.kind == "swa" and epoch >= swa_first_epoch(s.average.swa_start, s.optim.epoch_num):
+        average.update(model)
+        recompute_batchnorm(average.module, train.x, batch_size=s.optim.batch_size, device=device,
+                            precision=s.run.precision)
+    return (average.module, average.kind) if average.ready else (model, "raw")

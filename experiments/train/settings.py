@@ -128,6 +128,35 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
+class AverageSettings:
+    """Weight averaging (``experiments/train/averaging.py``): which weights are evaluated, selected and kept."""
+    kind: str = "none"       # "none" | "ema" | "swa"
+    ema_decay: float = 0.999  # ema: decay per optimiser step (the cap of its warm-up)
+    swa_start: float = 0.75   # swa: average from this fraction of epoch_num on
+
+    def record(self) -> dict:
+        """The entries a result records, so a results table can tell the variants apart."""
+        extra = {"ema": {"ema_decay": self.ema_decay}, "swa": {"swa_start": self.swa_start}}.get(self.kind, {})
+        return {"weight_average": self.kind, **extra}
+
+
+WEIGHT_AVERAGES = ("none", "ema", "swa")
+
+
+def average_settings(c: dict) -> AverageSettings:
+    """The averaging entries, checked: a bad value is a ``ValueError`` naming its key."""
+    kind = c["weight_average"]
+    if kind not in WEIGHT_AVERAGES:
+        raise ValueError(f"weight_average must be one of {WEIGHT_AVERAGES}, got {kind!r}")
+    decay, start = float(c["ema_decay"]), float(c["swa_start"])
+    if not 0.0 <= decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1) (a decay per optimiser step, e.g. 0.999), got {decay!r}")
+    if not 0.0 <= start < 1.0:
+        raise ValueError(f"swa_start must be in [0, 1) (a fraction of epoch_num), got {start!r}")
+    return AverageSettings(kind, decay, start)
+
+
+@dataclass(frozen=True)
 class RunSettings:
     train_mode: str
     seed: int
@@ -154,6 +183,7 @@ class Settings:
     fr: FRSettings
     supervised: SupervisedSettings
     config: dict  # the full (plain, redacted) config, stored with checkpoints
+    average: AverageSettings = AverageSettings()
 
     @classmethod
     def from_config(cls, cfg: dict) -> "Settings":
@@ -185,6 +215,7 @@ class Settings:
             fr=FRSettings(bool(c["fr_head"]), float(c["fr_weight"]), tuple(float(w) for w in c["fr_level_weights"])),
             supervised=SupervisedSettings(str(c["protocol"]), float(c["label_smoothing"]), float(c["val_fraction"])),
             config=dict(cfg),
+            average=average_settings(c),
         )
 
 

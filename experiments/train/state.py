@@ -70,11 +70,15 @@ def restore_rng(snap: dict, generator: torch.Generator) -> None:
 
 
 def save_state(path: Path, *, model, optimizer, generator, cfg: dict, next_epoch: int, best: dict,
-               history: list[dict], train_seconds: float) -> None:
-    """Everything needed to continue after ``next_epoch - 1`` as if never interrupted."""
-    save_torch_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "rng": rng_snapshot(generator), "next_epoch": next_epoch, "best": best, "history": history,
-                       "config": cfg, "train_seconds": train_seconds}, path)
+               history: list[dict], train_seconds: float, average: dict | None = None) -> None:
+    """Everything needed to continue after ``next_epoch - 1`` as if never interrupted (``average``: the
+    weight average's state, ``averaging.py``, when the run averages)."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "rng": rng_snapshot(generator), "next_epoch": next_epoch, "best": best, "history": history,
+             "config": cfg, "train_seconds": train_seconds}
+    if average is not None:
+        state["average"] = average
+    save_torch_atomic(state, path)
 
 
 def load_state(folder: str | Path, cfg: dict) -> dict:

@@ -121,12 +121,14 @@ Objective = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Generat
 
 
 def train_epoch(model: torch.nn.Module, data: Subset, optimizer, objective: Objective, *, batch_size: int,
-                generator: torch.Generator, device: torch.device, desc: str = "train", repeat: int = 1) -> float:
+                generator: torch.Generator, device: torch.device, desc: str = "train", repeat: int = 1,
+                after_step: Callable[[], None] | None = None) -> float:
     """One pass (``repeat`` passes) over the training samples; returns the sample-weighted mean loss.
 
     ``objective(model, x, y, generator)`` is the track's loss of one batch
     (``experiments/train/objectives.py``: augmentation, the forward pass and its precision, the
-    loss and any auxiliary loss)."""
+    loss and any auxiliary loss). ``after_step()`` runs after every optimiser step (the EMA update
+    of ``averaging.py``)."""
     model.train()
     total, seen = 0.0, 0
     n = len(data) * repeat
@@ -143,6 +145,8 @@ def train_epoch(model: torch.nn.Module, data: Subset, optimizer, objective: Obje
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         total += value * len(idx)
         seen += len(idx)
     return total / max(seen, 1)

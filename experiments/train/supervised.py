@@ -132,6 +132,7 @@ def supervised_report(s: Settings, data: SupervisedData, model: torch.nn.Module,
         "epoch_seconds_mean": round(float(np.mean([h["epoch_seconds"] for h in outcome.history])), 2)
         if outcome.history else None,
         "checkpoint": str(outcome.checkpoint), "scores": str(paths[2]), "batch_size": s.optim.batch_size,
+        **s.average.record(),
     }
     log.info("test top-1 %.2f%%, top-5 %.2f%% (per-class mean %.2f%%), checkpoint of epoch %d selected by %s",
              result["test_top1"], result["test_top5"], result["test_per_class_mean"], outcome.best_epoch + 1,

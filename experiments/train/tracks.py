@@ -184,5 +184,5 @@ def run_test(cfg: dict, tracker: Tracker | None = None) -> dict:
                       0.0, path)
     result = final_report(s, data, text, model, device, tracker, outcome)
     result.update({"evaluated_checkpoint": str(path), "trained_on": {k: trained.get(k) for k in
-                   ("dataset", "split", "train_mode", "seed", "selection", "tag")}})
+                   ("dataset", "split", "train_mode", "seed", "selection", "tag", "weight_average")}})
     return result
