@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.files import RUNS_DIR, write_bytes_atomic
+from experiments.files import write_bytes_atomic
 from experiments.tracking.tracker import NullTracker, Tracker
 from experiments.train.artifacts import TEST_SCORES_FILE, UNSEEN_SCORES_FILE, save_scores
 from experiments.train.metrics import balanced_accuracy, top1, topk
@@ -30,7 +30,6 @@ from experiments.train.state import run_folder
 
 log = logging.getLogger("pgfa")
 SCORE_FILES = (TEST_SCORES_FILE, UNSEEN_SCORES_FILE)
-FETCH_DIR = RUNS_DIR / "fetched"
 
 # FR-Head's ensemble.py, per (dataset, protocol): weights of joint, bone, joint_motion, bone_motion.
 STREAM_ORDER = ("joint", "bone", "joint_motion", "bone_motion")
@@ -43,15 +42,13 @@ class EnsembleError(ValueError):
     """Members that cannot be fused (the message names the member)."""
 
 
-def fetch_scores(run_id: int, mongo_url: str = "") -> Path:
-    """A recorded run's scores artifact, downloaded once into ``runs/fetched/run-<id>/``."""
+def fetch_scores(run_id: int, into: Path, mongo_url: str = "") -> Path:
+    """A recorded run's scores artifact, downloaded into ``into/run-<id>-<name>`` (every time: run ids
+    repeat across databases, so a cache keyed by id could hand over another database's scores)."""
     import gridfs
 
     from experiments.tracking.database import connect, resolve_target
 
-    for name in SCORE_FILES:
-        if (FETCH_DIR / f"run-{run_id}" / name).is_file():
-            return FETCH_DIR / f"run-{run_id}" / name
     db = connect(resolve_target(mongo_url))
     run = db.runs.find_one({"_id": run_id}, {"artifacts": 1, "status": 1})
     if run is None:
@@ -60,12 +57,12 @@ def fetch_scores(run_id: int, mongo_url: str = "") -> Path:
     if art is None:
         raise EnsembleError(f"ensemble member {run_id} ({run.get('status')}): no {' / '.join(SCORE_FILES)} "
                             "artifact (runs record their scores since the streams release)")
-    target = FETCH_DIR / f"run-{run_id}" / art["name"]
+    target = into / f"run-{run_id}-{art['name']}"
     write_bytes_atomic(target, gridfs.GridFS(db).get(art["file_id"]).read())
     return target
 
 
-def member_path(ref, mongo_url: str = "") -> Path:
+def member_path(ref, into: Path, mongo_url: str = "") -> Path:
     """The scores file a member reference points at."""
     path = Path(str(ref)).expanduser()
     if path.is_dir():
@@ -76,13 +73,13 @@ def member_path(ref, mongo_url: str = "") -> Path:
     if path.is_file():
         return path
     if str(ref).isdigit():
-        return fetch_scores(int(ref), mongo_url)
+        return fetch_scores(int(ref), into, mongo_url)
     raise EnsembleError(f"ensemble member {ref!r}: not a run id, a run folder or a scores file")
 
 
-def load_member(ref, mongo_url: str = "") -> dict:
+def load_member(ref, into: Path, mongo_url: str = "") -> dict:
     """``{"scores" (N, K), "labels" (N,), "classes" (K,), "modality", "dataset", "protocol", "source"}``."""
-    path = member_path(ref, mongo_url)
+    path = member_path(ref, into, mongo_url)
     try:
         with np.load(path) as z:
             doc = {k: z[k] for k in z.files}
@@ -136,14 +133,14 @@ def run_ensemble(cfg: dict, tracker: Tracker | None = None) -> dict:
     refs = list(cfg["ensemble_members"])
     if len(refs) < 2:
         raise EnsembleError(f"ensemble_members needs two or more runs (ids, run folders or scores files), got {refs}")
-    members = [load_member(r, cfg.get("mongo_url", "")) for r in refs]
+    folder = run_folder(resume="", out_dir=cfg["out_dir"], dataset=cfg["dataset"], split="-",
+                        train_mode="ensemble", seed=cfg["seed"])
+    folder.mkdir(parents=True, exist_ok=True)
+    members = [load_member(r, folder, cfg.get("mongo_url", "")) for r in refs]
     weights, rule = (list(map(float, cfg["ensemble_weights"])), "given") if cfg["ensemble_weights"] \
         else default_weights(members)
     fused = fuse(members, weights)
     labels, classes = members[0]["labels"], members[0]["classes"]
-    folder = run_folder(resume="", out_dir=cfg["out_dir"], dataset=cfg["dataset"], split="-",
-                        train_mode="ensemble", seed=cfg["seed"])
-    folder.mkdir(parents=True, exist_ok=True)
     path = save_scores(folder / "ensemble_scores.npz", torch.from_numpy(fused).float(), torch.from_numpy(labels),
                        classes.tolist(), {"members": np.asarray(refs, dtype=str), "weights": np.asarray(weights)})
     tracker.add_artifact(path)

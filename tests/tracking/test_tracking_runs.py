@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import bson
+import numpy as np
 import gridfs
 import pymongo
 import pytest
@@ -260,3 +261,21 @@ def test_url_credentials_are_not_stored(tracking, text_root, tmp_path):
     stored.append((tmp_path / "ckpt" / "best.pt").read_bytes().decode("latin-1"))
     for text in stored:
         assert "Zq9-secret-pw" not in text and "runwriter" not in text
+
+
+# ----------------------------------------------------------------------------- ensembles of recorded runs
+
+def test_ensemble_of_runs_recorded_in_mongodb_is_recorded_naming_its_members(tracking, tmp_path):
+    sup = dict(train_mode="supervised", dataset="demo", epoch_num=1, hidden_channels=4, out_channels=16, max_frame=8,
+               batch_size=64, warmup_epochs=1)
+    ids = [run_in_process(tmp_path, tmp_path / m, modality=m, **sup)._id for m in ("joint", "bone")]
+    db = database(dbserver.read_server_state().url)
+    scores = [np.load(io.BytesIO(artifact(db, record_of(db, i), "test_scores.npz")))["scores"] for i in ids]
+    res = run_in_process(tmp_path, tmp_path / "ens", train_mode="ensemble", ensemble_members=ids)
+    doc = record_of(db, res._id)
+    assert doc["status"] == "COMPLETED" and doc["experiment"]["name"] == "demo-ensemble-2runs"
+    assert [m["ref"] for m in doc["result"]["members"]] == [str(i) for i in ids]
+    assert doc["result"]["weights"] == [1.0, 1.0] and doc["result"]["weight_rule"] == "equal weights"
+    fused = np.load(io.BytesIO(artifact(db, doc, "ensemble_scores.npz")))["scores"]
+    np.testing.assert_allclose(fused, scores[0].astype(np.float64) + scores[1], rtol=1e-6)
+    assert doc["info"]["summary"]["ensemble_top1"] == doc["result"]["ensemble_top1"]
