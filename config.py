@@ -170,6 +170,7 @@ def config():
 
     backbone = _d.get("backbone", "stgcn")  # stgcn | shiftgcn | ctrgcn (module/registry.py)
     modality = _d.get("modality", "joint")  # input stream: joint | bone | joint_motion | bone_motion (data/streams.py)
+    input_norm = "none"  # none | minmax: each sequence scaled per axis to [-1, 1] in the model (FR-Head's NW-UCLA feeder)
     _m = {**model_defaults(backbone), "graph_layout": _spec.layout, "num_person": _spec.num_person, **_d}
     in_channels = _m["in_channels"]
     hidden_channels = _m["hidden_channels"]  # module/defaults.py: ST-GCN 16, Shift-GCN 64
@@ -212,6 +213,7 @@ def config():
 
     # Augmentation of the training batches (data/augment.py), on joints, before the input stream
     aug_rotate = _d.get("aug_rotate", 0.0)  # max rotation per sequence about each axis, radians (CTR-GCN: 0.3)
+    aug_rotate_axes = "xyz"  # the axes rotated about (FR-Head's NW-UCLA feeder: "xy", up to 60 degrees)
     aug_scale = _d.get("aug_scale", 0.0)  # per-axis scale 1 ± this (pyskl RandomScale: 0.1)
     aug_shear = _d.get("aug_shear", 0.0)  # shear coefficients within ± this
     aug_crop = _d.get("aug_crop", [1.0, 1.0])  # temporal crop of this fraction range, resized back (CTR-GCN: [0.5, 1])
@@ -294,8 +296,10 @@ def demo():
 def frhead_ucla():
     """NW-UCLA supervised as FR-Head's published run (config/ucla/default.yaml): CTR-GCN, 52 frames,
     SGD with Nesterov, lr 0.1 (step at 50, 5 warm-up epochs), weight decay 1e-4, batch 16, 65 epochs
-    of 5 passes each, FR-Head ST-Multi-Level (0.1, 0.2, 0.5, 1; weight 0.1). Its feeder picks 52 frames
-    at random from each sequence: here a temporal crop of 50-100% resized back stands in for it."""
+    of 5 passes each, FR-Head ST-Multi-Level (0.1, 0.2, 0.5, 1; weight 0.1), and its feeder's data
+    treatment: a random view (rotation about x and y up to 60 degrees; its random scale is undone by
+    the normalisation) and each sequence scaled per axis to [-1, 1]. Its feeder picks 52 frames at
+    random from each sequence: here a temporal crop of 50-100% resized back stands in for it."""
     dataset = "nw_ucla"
     train_mode = "supervised"
     backbone = "ctrgcn"
@@ -310,6 +314,9 @@ def frhead_ucla():
     lr_steps = [50]
     fr_head = True
     aug_crop = [0.5, 1.0]
+    aug_rotate = 1.0471975511965976  # 60 degrees
+    aug_rotate_axes = "xy"
+    input_norm = "minmax"
 
 
 @ex.named_config

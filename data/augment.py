@@ -57,20 +57,25 @@ def rotation_matrices(angles: torch.Tensor) -> torch.Tensor:
     return rz @ ry @ rx
 
 
-def random_rotation(x: torch.Tensor, max_angle: float, gen: torch.Generator) -> torch.Tensor:
+def random_rotation(x: torch.Tensor, max_angle: float, gen: torch.Generator, axes: str = "xyz") -> torch.Tensor:
     """Rotate each sequence about the x, y and z axes by angles U(-max_angle, max_angle).
 
-    CTR-GCN ``random_rot`` (theta=0.3): one rotation for all frames of a sequence.
+    CTR-GCN ``random_rot`` (theta=0.3): one rotation for all frames of a sequence. ``axes``
+    names the axes rotated about (FR-Head's NW-UCLA feeder: x and y, up to 60 degrees); the
+    angles of the others are drawn too (the same random stream) and set to zero.
 
     Args:
         x: (N, 3, T, V, M) coordinates.
         max_angle: largest angle per axis, radians.
         gen: the random generator.
+        axes: a subset of "xyz".
     """
     _check_batch(x)
     if x.shape[1] != 3:
         raise ValueError(f"rotation needs 3 coordinate channels, got C={x.shape[1]}")
     angles = _uniform(gen, (x.shape[0], 3), -max_angle, max_angle)  # (N, 3)
+    if axes != "xyz":
+        angles = angles * torch.tensor([float(a in axes) for a in "xyz"], dtype=angles.dtype)
     return _mix_channels(x, rotation_matrices(angles))
 
 
@@ -219,6 +224,7 @@ class Augmentation:
         crop: ``aug_crop``, (low, high) fraction of frames kept by the temporal crop (CTR-GCN:
             (0.5, 1)); (1, 1) is off.
         skelemix: ``skelemix``, probability that a batch is SkeleMixed.
+        rotate_axes: ``aug_rotate_axes``, the axes rotated about ("xyz"; FR-Head's NW-UCLA feeder "xy").
     """
 
     rotate: float = 0.0
@@ -226,10 +232,14 @@ class Augmentation:
     shear: float = 0.0
     crop: tuple[float, float] = (1.0, 1.0)
     skelemix: float = 0.0
+    rotate_axes: str = "xyz"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rotate <= math.pi:
             raise ValueError(f"aug_rotate must be an angle in [0, pi] radians, got {self.rotate}")
+        if not self.rotate_axes or set(self.rotate_axes) - set("xyz") or len(set(self.rotate_axes)) != len(
+                self.rotate_axes):
+            raise ValueError(f"aug_rotate_axes must name distinct axes of 'xyz', got {self.rotate_axes!r}")
         if not 0.0 <= self.scale < 1.0:
             raise ValueError(f"aug_scale must be in [0, 1) (factors 1 ± aug_scale stay positive), got {self.scale}")
         if not 0.0 <= self.shear <= 1.0:
@@ -262,7 +272,7 @@ class Augmentation:
         if self.crop != (1.0, 1.0):
             out = temporal_crop_resize(out, self.crop, gen)
         if self.rotate:
-            out = random_rotation(out, self.rotate, gen)
+            out = random_rotation(out, self.rotate, gen, self.rotate_axes)
         if self.scale:
             out = random_scale(out, self.scale, gen)
         if self.shear:

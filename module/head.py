@@ -19,17 +19,38 @@ import torch
 from torch import nn
 
 
-class InputStream(nn.Module):
-    """Joints ``(N, C, T, V, M)`` → the ``modality`` stream of the same shape (no parameters)."""
+INPUT_NORMS = ("none", "minmax")
 
-    def __init__(self, modality: str = "joint", layout: str = "ntu25"):
+
+def minmax_per_sequence(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each sequence of ``(N, C, T, V, M)`` scaled per coordinate axis to [-1, 1] over its present
+    joints (FR-Head's / CTR-GCN's NW-UCLA feeder); an absent person (all joints zero in a frame) stays
+    zero. (A joint at the origin, e.g. the centring joint of the first frame, is present.)"""
+    present = (x != 0).any(dim=(1, 3), keepdim=True).expand_as(x)  # (N, C, T, V, M): the person is in the frame
+    big = torch.finfo(x.dtype).max
+    lo = torch.where(present, x, big).amin(dim=(2, 3, 4), keepdim=True)  # (N, C, 1, 1, 1)
+    hi = torch.where(present, x, -big).amax(dim=(2, 3, 4), keepdim=True)
+    lo, hi = torch.where(hi >= lo, lo, 0.0), torch.where(hi >= lo, hi, 0.0)  # a sequence with no joint at all
+    scaled = 2.0 * (x - lo) / (hi - lo).clamp_min(eps) - 1.0
+    return torch.where(present, scaled, torch.zeros_like(x))
+
+
+class InputStream(nn.Module):
+    """Joints ``(N, C, T, V, M)`` → the ``modality`` stream of the same shape (no parameters),
+    after the per-sequence normalisation ``input_norm`` (``"minmax"``: ``minmax_per_sequence``)."""
+
+    def __init__(self, modality: str = "joint", layout: str = "ntu25", input_norm: str = "none"):
         super().__init__()
         from data.streams import check_modality
 
         check_modality(modality)
-        self.modality, self.layout = modality, layout
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {input_norm!r}; choose one of {INPUT_NORMS}")
+        self.modality, self.layout, self.input_norm = modality, layout, input_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm == "minmax":
+            x = minmax_per_sequence(x)
         if self.modality == "joint":
             return x
         from data.streams import to_modality
@@ -37,7 +58,7 @@ class InputStream(nn.Module):
         return to_modality(x, self.modality, self.layout)
 
     def extra_repr(self) -> str:
-        return f"modality={self.modality!r}, layout={self.layout!r}"
+        return f"modality={self.modality!r}, layout={self.layout!r}, input_norm={self.input_norm!r}"
 
 
 class SkeletonTextModel(nn.Module):

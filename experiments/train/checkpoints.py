@@ -26,7 +26,7 @@ FETCH_DIR = RUNS_DIR / "fetched"
 
 # Config entries that define the trained model and what it expects as input.
 MODEL_KEYS = (
-    "backbone", "modality", "in_channels", "hidden_channels", "out_channels", "dropout", "graph_layout", "graph_strategy",
+    "backbone", "modality", "input_norm", "in_channels", "hidden_channels", "out_channels", "dropout", "graph_layout", "graph_strategy",
     "max_hop", "edge_importance", "temporal_kernel", "num_person", "text_kind", "text_model", "text_dim",
     "init_temperature", "learn_temperature", "max_frame",
 )

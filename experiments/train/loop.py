@@ -93,8 +93,8 @@ EpochEval = Callable[[torch.nn.Module], "tuple[float, dict[str, float]]"]
 
 
 def epoch_log_line(metrics: dict[str, float], selection_key: str) -> str:
-    """The accuracies of an epoch's log line, the selection metric first."""
-    keys = [selection_key] + sorted(k for k in metrics if k != selection_key and ("top1" in k or "top5" in k))
+    """The accuracies of an epoch's log line under their metric names, the selection metric first."""
+    keys = [selection_key] + [k for k in metrics if k != selection_key and ("top1" in k or "top5" in k)]
     return "  ".join(f"{k} {metrics[k]:.2f}%" for k in keys if k in metrics)
 
 

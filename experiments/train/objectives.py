@@ -28,7 +28,8 @@ SKELEMIX_LOSSES = ("kl",)  # losses with a soft-target form for mixed samples
 
 def augmentation(s: Settings) -> Augmentation:
     a = s.augment
-    return Augmentation(rotate=a.rotate, scale=a.scale, shear=a.shear, crop=a.crop, skelemix=a.skelemix)
+    return Augmentation(rotate=a.rotate, scale=a.scale, shear=a.shear, crop=a.crop, skelemix=a.skelemix,
+                        rotate_axes=a.rotate_axes)
 
 
 def check_objective(s: Settings) -> None:

@@ -29,6 +29,7 @@ class ModelSettings:
     """The backbone's architecture entries (passed to its factory by name), the head and the temperature."""
     backbone: str
     modality: str          # the input stream the model converts joints into (module/head.py: InputStream)
+    input_norm: str        # none | minmax: per-sequence normalisation inside the model, before the stream
     in_channels: int
     hidden_channels: int
     out_channels: int
@@ -77,6 +78,7 @@ class AugmentSettings:
     shear: float
     crop: tuple[float, float]
     skelemix: float
+    rotate_axes: str
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,7 @@ class Settings:
             data=DataSettings(c["dataset"], str(c["data_root"]), c["split"], tuple(c["unseen_classes"]),
                               tuple(c["val_classes"]), int(c["val_seed"]), int(c["max_frame"]), bool(c["gzsl"]),
                               float(c["gzsl_holdout"])),
-            model=ModelSettings(c["backbone"], c["modality"], c["in_channels"], c["hidden_channels"], c["out_channels"], c["dropout"],
+            model=ModelSettings(c["backbone"], c["modality"], c["input_norm"], c["in_channels"], c["hidden_channels"], c["out_channels"], c["dropout"],
                                 c["graph_layout"], c["graph_strategy"], c["max_hop"], c["edge_importance"],
                                 c["temporal_kernel"], c["num_person"], c["shift_impl"], c["shift_pos_grad"],
                                 c["formulation"], int(c["text_dim"]), float(c["init_temperature"]),
@@ -211,7 +213,7 @@ class Settings:
             run=RunSettings(c["train_mode"], int(c["seed"]), c["device"], c["precision"], c["data_on_device"],
                             c["out_dir"], c["resume"], str(c["checkpoint"]), c["mongo_url"], c["tag"]),
             augment=AugmentSettings(float(c["aug_rotate"]), float(c["aug_scale"]), float(c["aug_shear"]),
-                                    _pair(c["aug_crop"], "aug_crop"), float(c["skelemix"])),
+                                    _pair(c["aug_crop"], "aug_crop"), float(c["skelemix"]), str(c["aug_rotate_axes"])),
             fr=FRSettings(bool(c["fr_head"]), float(c["fr_weight"]), tuple(float(w) for w in c["fr_level_weights"])),
             supervised=SupervisedSettings(str(c["protocol"]), float(c["label_smoothing"]), float(c["val_fraction"])),
             config=dict(cfg),

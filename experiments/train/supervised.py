@@ -38,8 +38,8 @@ SUPERVISED_SELECTIONS = ("val", "test", "last")
 def build_classifier(s: Settings, num_classes: int) -> ClassifierModel:
     m = s.model
     backbone = build_backbone(m.backbone, **backbone_kwargs(m))
-    return attach_fr_head(ClassifierModel(backbone, num_classes, InputStream(m.modality, m.graph_layout)), s,
-                          num_classes)
+    stream = InputStream(m.modality, m.graph_layout, m.input_norm)
+    return attach_fr_head(ClassifierModel(backbone, num_classes, stream), s, num_classes)
 
 
 def supervised_epoch_eval(s: Settings, data: SupervisedData, device: torch.device) -> EpochEval:

@@ -32,7 +32,8 @@ def build_model(m: ModelSettings) -> SkeletonTextModel:
     """The input stream, the backbone (its factory gets exactly its own entries, by name) and the text head."""
     backbone = build_backbone(m.backbone, **backbone_kwargs(m))
     return SkeletonTextModel(backbone, m.text_dim, init_temperature=m.init_temperature,
-                             learn_temperature=m.learn_temperature, stream=InputStream(m.modality, m.graph_layout))
+                             learn_temperature=m.learn_temperature,
+                             stream=InputStream(m.modality, m.graph_layout, m.input_norm))
 
 
 def attach_fr_head(model: torch.nn.Module, s: Settings, num_classes: int) -> torch.nn.Module:
