@@ -9,7 +9,9 @@ cd "$(dirname "$0")/../.."
 OUT=${1:-runs/frhead_ucla}
 PY=${PY:-.venv/bin/python}
 SCHEDULE=${SCHEDULE:-"epoch_num=8 train_repeat=1 warmup_epochs=1 lr_steps=[6]"}
-COMMON="frhead_ucla offline=True selection=test val_fraction=0 monitor_unseen=False $SCHEDULE"
+# EXTRA="input_norm=none aug_rotate=0": the table's rows without FR-Head's NW-UCLA data treatment
+EXTRA=${EXTRA:-}
+COMMON="frhead_ucla offline=True selection=test val_fraction=0 monitor_unseen=False $SCHEDULE $EXTRA"
 mkdir -p "$OUT"
 run() {  # name, overrides...
   local name=$1; shift
