@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.files import write_bytes_atomic
 from experiments.tracking.tracker import NullTracker, Tracker
 from experiments.train.artifacts import TEST_SCORES_FILE, UNSEEN_SCORES_FILE, save_scores
 from experiments.train.metrics import balanced_accuracy, top1, topk
@@ -43,23 +42,11 @@ class EnsembleError(ValueError):
 
 
 def fetch_scores(run_id: int, into: Path, mongo_url: str = "") -> Path:
-    """A recorded run's scores artifact, downloaded into ``into/run-<id>-<name>`` (every time: run ids
-    repeat across databases, so a cache keyed by id could hand over another database's scores)."""
-    import gridfs
+    """A recorded run's scores artifact, downloaded into ``into/run-<id>/`` (every time: run ids repeat
+    across databases, so a cache keyed by id could hand over another database's scores)."""
+    from experiments.train.checkpoints import fetch_artifact
 
-    from experiments.tracking.database import connect, resolve_target
-
-    db = connect(resolve_target(mongo_url))
-    run = db.runs.find_one({"_id": run_id}, {"artifacts": 1, "status": 1})
-    if run is None:
-        raise EnsembleError(f"ensemble member {run_id}: no run with that id in the database")
-    art = next((a for a in run.get("artifacts", []) if a.get("name") in SCORE_FILES), None)
-    if art is None:
-        raise EnsembleError(f"ensemble member {run_id} ({run.get('status')}): no {' / '.join(SCORE_FILES)} "
-                            "artifact (runs record their scores since the streams release)")
-    target = into / f"run-{run_id}-{art['name']}"
-    write_bytes_atomic(target, gridfs.GridFS(db).get(art["file_id"]).read())
-    return target
+    return fetch_artifact(run_id, SCORE_FILES, into / f"run-{run_id}", mongo_url, what="ensemble member")
 
 
 def member_path(ref, into: Path, mongo_url: str = "") -> Path:

@@ -4,7 +4,7 @@ A checkpoint reference (``checkpoint=`` in the config) is one of
 
 * the path of a ``best.pt``,
 * a run folder holding ``best.pt`` (``runs/<time>-...``, or a run's ``out_dir``),
-* the id of a run recorded in MongoDB: its ``best.pt`` artifact is fetched once into
+* the id of a run recorded in MongoDB: its ``best.pt`` artifact is fetched into
   ``runs/fetched/run-<id>/best.pt``.
 
 For ``train_mode="test"``, ``checkpoint_updates`` is the one explicit step that applies the
@@ -52,19 +52,25 @@ def resolve_checkpoint(ref: str, mongo_url: str = "") -> Path:
 
 
 def fetch_from_mongo(run_id: int, mongo_url: str = "") -> Path:
-    """Download run ``run_id``'s ``best.pt`` artifact (once)."""
-    target = FETCH_DIR / f"run-{run_id}" / BEST_FILE
-    if target.is_file():
-        return target
+    """Download run ``run_id``'s ``best.pt`` artifact into ``runs/fetched/run-<id>/`` (every time: run ids
+    repeat across databases, so a copy kept by id could be another database's checkpoint)."""
+    return fetch_artifact(run_id, (BEST_FILE,), FETCH_DIR / f"run-{run_id}", mongo_url, what="checkpoint")
+
+
+def fetch_artifact(run_id: int, names: tuple[str, ...], folder: Path, mongo_url: str = "",
+                   what: str = "run") -> Path:
+    """The first of ``names`` among run ``run_id``'s artifacts, written to ``folder/<name>``.
+
+    Raises ``CheckpointError`` (``what`` names the reference) for an unknown run or a missing artifact."""
     db = connect(resolve_target(mongo_url))
     run = db.runs.find_one({"_id": run_id}, {"artifacts": 1, "status": 1})
     if run is None:
-        raise CheckpointError(f"checkpoint {run_id}: no run with that id in the database")
-    art = next((a for a in run.get("artifacts", []) if a.get("name") == BEST_FILE), None)
+        raise CheckpointError(f"{what} {run_id}: no run with that id in the database")
+    art = next((a for a in run.get("artifacts", []) if a.get("name") in names), None)
     if art is None:
-        raise CheckpointError(f"run {run_id} ({run.get('status')}) has no {BEST_FILE} artifact")
-    data = gridfs.GridFS(db).get(art["file_id"]).read()
-    write_bytes_atomic(target, data)
+        raise CheckpointError(f"run {run_id} ({run.get('status')}) has no {' / '.join(names)} artifact")
+    target = folder / art["name"]
+    write_bytes_atomic(target, gridfs.GridFS(db).get(art["file_id"]).read())
     return target
 
 

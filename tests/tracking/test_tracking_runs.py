@@ -279,3 +279,10 @@ def test_ensemble_of_runs_recorded_in_mongodb_is_recorded_naming_its_members(tra
     fused = np.load(io.BytesIO(artifact(db, doc, "ensemble_scores.npz")))["scores"]
     np.testing.assert_allclose(fused, scores[0].astype(np.float64) + scores[1], rtol=1e-6)
     assert doc["info"]["summary"]["ensemble_top1"] == doc["result"]["ensemble_top1"]
+
+
+def test_a_checkpoint_is_evaluated_by_its_run_id_in_mongodb(tracking, text_root, tmp_path):
+    trained = run_in_process(text_root, tmp_path / "train")
+    res = run_in_process(text_root, tmp_path / "eval", train_mode="test", checkpoint=str(trained._id)).result
+    assert res["evaluated_checkpoint"].endswith(f"run-{trained._id}/best.pt")
+    assert res["unseen_top1"] == trained.result["unseen_top1"]
