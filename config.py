@@ -65,6 +65,7 @@ def new_split_config():
 # Sweeps and the results table (README: Sweeps and the results table).
 sweep = Ingredient("sweep")
 report = Ingredient("report")
+ablation = Ingredient("ablation")
 
 
 @sweep.config
@@ -88,6 +89,15 @@ def sweep_settings(datasets, splits, seeds, variants, base, dry_run) -> dict:
             "variants": plain(variants) or {"default": {}}, "base": plain(base), "dry_run": bool(dry_run)}
 
 
+@ablation.config
+def ablation_config():
+    components = []  # names in experiments/suite/ablation.py: COMPONENTS (or ablation.extra): one "+name" row each
+    combos = []  # combinations, e.g. [["ema", "aug"]]: one "+ema+aug" row each
+    extra = {}  # the study's own components: name -> config overrides
+    run = True  # False: only the table, from the runs already recorded
+    out = ""  # also write the table to this Markdown file
+
+
 @report.config
 def report_config():
     datasets = []  # [] = all
@@ -101,7 +111,7 @@ def _allocator() -> str:
     return applied_allocator()
 
 
-ex = Experiment("pgfa", ingredients=[raw, new_split, sweep, report], save_git_info=False,
+ex = Experiment("pgfa", ingredients=[raw, new_split, sweep, report, ablation], save_git_info=False,
                 additional_host_info=[_allocator])
 ex.logger = experiment_logger()  # its lines land in the captured output too
 ex.captured_out_filter = clean_output  # progress-bar redraws resolved, output capped (experiments/tracking/output.py)
@@ -188,11 +198,17 @@ def config():
     precision = "fp32"  # fp32 | bf16 (forward under bfloat16 autocast, on CPU or CUDA; float32 weights and loss)
     data_on_device = "auto"  # auto (keep the arrays on the GPU when they fit) | True | False
 
-    text_kind = _d.get("text_kind", "des")  # labels | des | parts
+    text_kind = _d.get("text_kind", "des")  # labels | des | parts | a text ensemble, e.g. "labels+des+parts" (mean of unit rows)
     text_model = _d.get("text_model", "mpnet")  # mpnet (768-d, the paper's) | minilm (384-d) | a local model path
     text_dim = _text_dim(text_model)
     init_temperature = _d.get("init_temperature", 0.07)
     learn_temperature = _d.get("learn_temperature", True)  # False reproduces the original's fixed temperature
+    # Part-aware alignment (module/head.py: PartAwareModel): the last feature map pooled per body part
+    # (torso, arms, legs), each part through its own head, aligned with the part_text_kind texts beside
+    # the global embedding; the score is cos(global, text) + part_weight * mean cos(part, part text)
+    part_align = _d.get("part_align", False)
+    part_weight = _d.get("part_weight", 1.0)
+    part_text_kind = _d.get("part_text_kind", "parts")
 
     lr = _d.get("lr", 0.05)
     momentum = 0.9

@@ -295,6 +295,42 @@ def sweep(data_root, mongo_url):
 
 
 @ex.command(unobserved=True)
+def ablation(data_root, mongo_url, ablation):
+    """Component on/off rows (ablation.components, ablation.combos) against a baseline, over the sweep's
+    datasets x splits x seeds: runs the sweep (skipping COMPLETED points), then prints the ablation table
+    pooled over splits and seeds (experiments/suite/ablation.py)."""
+    from pathlib import Path
+
+    from experiments.files import write_text_atomic
+    from experiments.suite.ablation import ablation_variants, runs_query, summarize, to_markdown
+    from experiments.tracking.output import plain
+    from experiments.suite.sweep import grid as sweep_grid
+    from experiments.suite.sweep import run_sweep, summarize_points
+    from experiments.tracking.database import connect, resolve_target
+
+    s = sweep_settings()
+    variants = ablation_variants(list(ablation["components"]), [list(c) for c in ablation["combos"]],
+                                 plain(ablation["extra"]))
+    base = {"data_root": data_root, **s["base"]}
+    db = connect(resolve_target(mongo_url))
+    if ablation["run"]:
+        points = sweep_grid(s["datasets"], s["splits"], s["seeds"], variants, base, data_root)
+        print(f"ablation: {len(variants)} variants, {summarize_points(points)}")
+        run_sweep(points, db, dry_run=s["dry_run"], mongo_url=mongo_url)
+    runs = list(db.runs.find(runs_query(s["datasets"], list(variants), s["base"]), {"config": 1, "result": 1}))
+    rows = summarize(runs, list(variants))
+    if not rows:
+        print("no COMPLETED runs of these variants yet")
+        return {}
+    table = to_markdown(rows)
+    print(table)
+    if ablation["out"]:
+        write_text_atomic(Path(ablation["out"]), table)
+        print(f"wrote {ablation['out']}")
+    return {"variants": list(variants), "rows": len(rows)}
+
+
+@ex.command(unobserved=True)
 def results(mongo_url, report):
     """The results table from the recorded runs: Markdown (printed), CSV and a bar chart in report.out."""
     from experiments.suite.report import aggregate, fetch_runs, write_report

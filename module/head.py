@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -105,3 +106,74 @@ class ClassifierModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.backbone(self.stream(x)))  # (N, num_classes) logits
+
+
+def last_unit(backbone: nn.Module) -> nn.Module:
+    """The backbone's last unit (of ``.blocks`` or ``.units``), whose output is the feature map
+    ``(N·M, C, T, V)`` the backbone pools into its embedding."""
+    for name in ("blocks", "units"):
+        units = getattr(backbone, name, None)
+        if isinstance(units, nn.ModuleList) and len(units):
+            return units[-1]
+    raise TypeError(f"{type(backbone).__name__} keeps no unit list in .blocks or .units: part-aware alignment "
+                    "needs its last feature map")
+
+
+class PartAwareModel(SkeletonTextModel):
+    """Part-aware alignment (after PURLS / STAR): beside the global embedding, the backbone's last
+    feature map is averaged over time and over the joints of each body part (``module/parts.py``),
+    and each part has its own linear head into the text space.
+
+    The output is one fused vector per sample, ``[ĝ, s·p̂_1, …, s·p̂_P]`` (``x̂`` = unit length,
+    ``s = sqrt(part_weight / P)``); the class texts are fused the same way by ``text_targets``
+    (global text, then the part text in every part block). The dot product of the two is
+    ``cos(g, t) + part_weight · mean_i cos(p_i, t_part)``, so the cosine every loss, the
+    evaluation and the alignment compute is the global similarity plus the weighted mean part
+    similarity (up to the constant ``1 + part_weight``): nothing downstream changes.
+    """
+
+    def __init__(self, backbone: nn.Module, text_dim: int, parts: dict[str, tuple[int, ...]], num_joints: int,
+                 part_weight: float = 1.0, **kwargs):
+        super().__init__(backbone, text_dim, **kwargs)
+        if not part_weight > 0:
+            raise ValueError(f"part_weight must be > 0, got {part_weight!r}")
+        if not parts or any(not joints for joints in parts.values()):
+            raise ValueError(f"part-aware alignment needs non-empty body parts, got {parts!r}")
+        last_unit(backbone)  # fails early for a backbone without units
+        pool = torch.zeros(len(parts), num_joints)
+        for i, joints in enumerate(parts.values()):
+            pool[i, list(joints)] = 1.0 / len(joints)
+        self.register_buffer("part_pool", pool, persistent=False)  # (P, V): mean over each part's joints
+        self.part_names = tuple(parts)
+        self.part_weight = float(part_weight)
+        self.part_heads = nn.ModuleList(nn.Linear(backbone.out_dim, text_dim) for _ in parts)
+
+    def part_features(self, fmap: torch.Tensor, n: int) -> torch.Tensor:
+        """``(N·M, C, T, V)`` map → ``(N, P, text_dim)``: per part, the mean over time, the part's
+        joints and the persons, through the part's head."""
+        if fmap.shape[1] != self.part_heads[0].in_features or fmap.shape[-1] != self.part_pool.shape[1]:
+            raise ValueError(f"last feature map {tuple(fmap.shape)} does not fit the part heads "
+                             f"({self.part_heads[0].in_features} channels, {self.part_pool.shape[1]} joints)")
+        pooled = fmap.mean(dim=2) @ self.part_pool.t().to(fmap.dtype)  # (N·M, C, P)
+        pooled = pooled.view(n, -1, *pooled.shape[1:]).mean(dim=1)  # (N, C, P)
+        return torch.stack([head(pooled[..., i]) for i, head in enumerate(self.part_heads)], dim=1)
+
+    def fuse(self, glob: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+        """``(N, D)`` and ``(N, P, D)`` → ``(N, D·(1 + P))`` (see the class docstring)."""
+        s = math.sqrt(self.part_weight / parts.shape[1])
+        return torch.cat([F.normalize(glob, dim=-1), s * F.normalize(parts, dim=-1).flatten(1)], dim=1)
+
+    def text_targets(self, text: torch.Tensor, part_text: torch.Tensor) -> torch.Tensor:
+        """Class texts ``(K, D)`` and part texts ``(K, D)`` → fused ``(K, D·(1 + P))``."""
+        if text.shape != part_text.shape:
+            raise ValueError(f"class texts {tuple(text.shape)} and part texts {tuple(part_text.shape)} differ in shape")
+        return self.fuse(text, part_text.unsqueeze(1).expand(-1, len(self.part_names), -1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps: list[torch.Tensor] = []
+        handle = last_unit(self.backbone).register_forward_hook(lambda _m, _i, out: maps.append(out))
+        try:
+            glob = self.head(self.backbone(self.stream(x)))
+        finally:
+            handle.remove()
+        return self.fuse(glob, self.part_features(maps[-1], x.shape[0]))

@@ -93,6 +93,30 @@ def load(data_root: str | Path, dataset: str, kind: str, model: str, *, num_clas
     return check(emb, path, num_classes=num_classes, dim=dim)
 
 
+def kinds_of(kind: str) -> list[str]:
+    """The text kinds of ``kind``: one (``"des"``), or a text ensemble joined by ``+``
+    (``"labels+des+parts"``)."""
+    kinds = [k.strip() for k in str(kind).split("+")]
+    if not all(kinds) or len(set(kinds)) != len(kinds):
+        raise EmbeddingError(f"text kind {kind!r}: give one kind or distinct kinds joined by '+', "
+                             "e.g. 'labels+des+parts'")
+    return kinds
+
+
+def load_text(data_root: str | Path, dataset: str, kind: str, model: str, *, num_classes: int, dim: int,
+              build_missing: bool = True) -> np.ndarray:
+    """The class-text matrix ``(num_classes, dim)`` of ``kind``: one kind's embeddings (``load``),
+    or for a text ensemble (``"labels+des+parts"``) the mean of each kind's unit-length rows, as
+    CLIP ensembles its prompts (every consumer compares by cosine, so the mean is not rescaled)."""
+    kinds = kinds_of(kind)
+    if len(kinds) == 1:
+        return load(data_root, dataset, kind, model, num_classes=num_classes, dim=dim, build_missing=build_missing)
+    rows = [load(data_root, dataset, k, model, num_classes=num_classes, dim=dim, build_missing=build_missing)
+            for k in kinds]
+    unit = [r / np.linalg.norm(r, axis=1, keepdims=True).clip(min=1e-12) for r in rows]
+    return np.mean(unit, axis=0).astype(np.float32)
+
+
 def check(emb: np.ndarray, path: str | Path, *, num_classes: int, dim: int) -> np.ndarray:
     """Validate an embedding matrix against the class count and the head's output size."""
     if emb.ndim != 2:

@@ -10,6 +10,7 @@ from data.catalog import get_dataset, split_dir
 from data.samples import samples_dir
 from descriptions import load_class_texts
 from experiments.files import STATE_FILE
+from text.embeddings import kinds_of
 
 
 def preflight(cfg: dict) -> None:
@@ -27,6 +28,8 @@ def preflight(cfg: dict) -> None:
             raise FileNotFoundError(f"missing data file {missing[0]} ({cfg['dataset']} split {cfg['split']}); "
                                     f"prepare it with: {spec.prepare}")
     if cfg["train_mode"] != "supervised":
-        load_class_texts(cfg["dataset"], cfg["text_kind"], spec.num_classes, data_root=cfg["data_root"])
+        kinds = kinds_of(cfg["text_kind"]) + (kinds_of(cfg["part_text_kind"]) if cfg.get("part_align") else [])
+        for kind in dict.fromkeys(kinds):
+            load_class_texts(cfg["dataset"], kind, spec.num_classes, data_root=cfg["data_root"])
     if cfg["resume"] and not (Path(cfg["resume"]) / STATE_FILE).is_file():
         raise FileNotFoundError(f"resume={cfg['resume']!r}: no {STATE_FILE} there (a run writes it after each epoch)")

@@ -46,6 +46,8 @@ class ModelSettings:
     text_dim: int
     init_temperature: float
     learn_temperature: bool
+    part_align: bool = False  # module/head.py: PartAwareModel
+    part_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class TextSettings:
     kind: str
     model: str
     dim: int
+    part_kind: str = "parts"  # the texts the body parts align with (part_align)
 
 
 @dataclass(frozen=True)
@@ -201,8 +204,8 @@ class Settings:
                                 c["graph_layout"], c["graph_strategy"], c["max_hop"], c["edge_importance"],
                                 c["temporal_kernel"], c["num_person"], c["shift_impl"], c["shift_pos_grad"],
                                 c["formulation"], int(c["text_dim"]), float(c["init_temperature"]),
-                                bool(c["learn_temperature"])),
-            text=TextSettings(c["text_kind"], c["text_model"], int(c["text_dim"])),
+                                bool(c["learn_temperature"]), bool(c["part_align"]), float(c["part_weight"])),
+            text=TextSettings(c["text_kind"], c["text_model"], int(c["text_dim"]), str(c["part_text_kind"])),
             optim=OptimSettings(float(c["lr"]), float(c["momentum"]), float(c["weight_decay"]), int(c["epoch_num"]),
                                 c["batch_size"] if c["batch_size"] == "auto" else int(c["batch_size"]),
                                 int(c["warmup_epochs"]), c["lr_schedule"], tuple(c["lr_steps"]), float(c["lr_gamma"]),

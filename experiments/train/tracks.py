@@ -20,7 +20,7 @@ from experiments.train.settings import ModelSettings, Settings
 from experiments.train.state import run_folder
 from experiments.train.steps import FEW_STEPS, auto_batch_size, autocast, embed, place_subset, steps_per_epoch
 from module import backbone_keys, build_backbone
-from module.head import InputStream, SkeletonTextModel
+from module.head import InputStream, PartAwareModel, SkeletonTextModel
 from module.losses import get_loss
 from text import embeddings as text_embeddings
 
@@ -31,9 +31,31 @@ SELECTIONS = ("val", "test")
 def build_model(m: ModelSettings) -> SkeletonTextModel:
     """The input stream, the backbone (its factory gets exactly its own entries, by name) and the text head."""
     backbone = build_backbone(m.backbone, **backbone_kwargs(m))
-    return SkeletonTextModel(backbone, m.text_dim, init_temperature=m.init_temperature,
-                             learn_temperature=m.learn_temperature,
-                             stream=InputStream(m.modality, m.graph_layout, m.input_norm))
+    kwargs = dict(init_temperature=m.init_temperature, learn_temperature=m.learn_temperature,
+                  stream=InputStream(m.modality, m.graph_layout, m.input_norm))
+    if m.part_align:
+        from module.graph import get_layout
+        from module.parts import body_parts
+
+        return PartAwareModel(backbone, m.text_dim, body_parts(m.graph_layout), get_layout(m.graph_layout).num_joints,
+                              part_weight=m.part_weight, **kwargs)
+    return SkeletonTextModel(backbone, m.text_dim, **kwargs)
+
+
+def class_texts(s: Settings, model: torch.nn.Module, num_classes: int) -> torch.Tensor:
+    """The class-text matrix the run aligns with: ``text_kind``'s embeddings (a ``+`` ensemble
+    averaged), fused with the ``part_text_kind`` texts for a part-aware model."""
+    d, t = s.data, s.text
+
+    def load(kind: str) -> torch.Tensor:
+        return torch.from_numpy(text_embeddings.load_text(d.data_root, d.dataset, kind, t.model,
+                                                          num_classes=num_classes, dim=t.dim))
+
+    text = load(t.kind)
+    if isinstance(model, PartAwareModel):
+        with torch.no_grad():
+            text = model.text_targets(text, load(t.part_kind))
+    return text
 
 
 def attach_fr_head(model: torch.nn.Module, s: Settings, num_classes: int) -> torch.nn.Module:
@@ -81,12 +103,12 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
                          "seen_test_data.npy / seen_test_label.npy")
     if s.run.train_mode == "one_shot":
         pick_exemplars(data.unseen.y, data.unseen.classes, s.eval.exemplar_seed)  # every class needs 2+ samples
-    text = torch.from_numpy(text_embeddings.load(d.data_root, d.dataset, s.text.kind, s.text.model,
-                                                 num_classes=spec.num_classes, dim=s.text.dim))
+    model = build_model(s.model)
+    text = class_texts(s, model, spec.num_classes)
     device = resolve_device(s.run.device)
     autocast(device, s.run.precision)  # validates the key before any work
     place_data(data, device, s.run.data_on_device)
-    model = attach_fr_head(build_model(s.model), s, len(data.train.classes)).to(device)
+    model = attach_fr_head(model, s, len(data.train.classes)).to(device)
     return data, text, model, device
 
 

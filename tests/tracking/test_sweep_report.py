@@ -109,3 +109,56 @@ def test_sweep_points_with_a_url_are_recorded_where_the_sweep_looks(monkeypatch)
     sweep_module.run_sweep([Point("demo", 1, 0, "default")], NoRuns, mongo_url=url, log=lambda m: None)
     (cmd, env), = calls
     assert env["PGFA_MONGO_URL"] == url and not any("s3cret" in c for c in cmd)
+
+
+def test_ablation_variants_and_table():
+    from experiments.suite.ablation import ablation_variants, best_by_validation, runs_query, summarize
+    from experiments.suite.ablation import to_markdown as ablation_markdown
+
+    v = ablation_variants(["ema", "texts"], [["ema", "texts"]], extra={"mine": {"lr": 0.01}})
+    assert list(v) == ["baseline", "+ema", "+texts", "+ema+texts"]
+    assert v["+ema+texts"] == {"weight_average": "ema", "text_kind": "labels+des+parts"} and v["baseline"] == {}
+    with pytest.raises(ValueError, match=r"unknown ablation components \['nope'\]"):
+        ablation_variants(["nope"])
+    with pytest.raises(ValueError, match=r"set \['weight_average'\] differently"):
+        ablation_variants([], [["ema", "swa"]])
+    assert runs_query(["demo"], ["baseline"], {"epoch_num": 3, "data_root": "/x"})["config.epoch_num"] == 3
+
+    def run(_id, tag, split, seed, top1, val):
+        d = doc(_id, seed, top1, top1 + 5, tag=tag, split=split)
+        d["result"]["best_val_top1"] = val
+        return d
+
+    runs = [run(1, "baseline", 1, 0, 40.0, 50.0), run(2, "baseline", 2, 0, 20.0, 70.0),
+            run(3, "+ema", 1, 0, 50.0, 60.0), run(4, "+ema", 2, 0, 30.0, 40.0),
+            run(5, "+ema", 2, 0, 60.0, 45.0)]  # a rerun of a point replaces the earlier run
+    rows = summarize(runs, ["baseline", "+ema"])
+    assert [(r.variant, sorted(r.runs)) for r in rows] == [("baseline", [("1", 0), ("2", 0)]),
+                                                            ("+ema", [("1", 0), ("2", 0)])]
+    assert rows[1].stat("unseen_top1") == (55.0, pytest.approx(7.0710678))
+    # chosen by validation accuracy alone: the baseline (60) over +ema (52.5), though +ema is better on unseen
+    assert best_by_validation(rows, "demo") == "baseline"
+    table = ablation_markdown(rows)
+    assert "| demo | +ema | 2 | 55.00 ± 7.07 | 60.00 ± 7.07 | 52.50 ± 10.61 | +25.00 | +25.00 | 1: 50.0 / 2: 60.0 |" \
+        in table and "Best by validation: demo: baseline" in table
+
+
+@needs_server
+def test_ablation_command_runs_rows_and_prints_the_table(demo_root, tmp_path):
+    env = cli_env(tmp_path / "tracking", free_port())
+    base = ("{'text_model': 'minilm', 'text_kind': 'labels', 'epoch_num': 1, 'hidden_channels': 4, "
+            "'out_channels': 32, 'batch_size': 64, 'warmup_epochs': 1, 'monitor_unseen': False}")
+    args = [sys.executable, "main.py", "ablation", "with", f"data_root={str(demo_root)!r}", "sweep.datasets=['demo']",
+            "sweep.splits=[1]", "sweep.seeds=[0]", f"sweep.base={base}", "ablation.components=['part_align']",
+            f"ablation.out={str(tmp_path / 'ablation.md')!r}"]
+    try:
+        out = subprocess.run(args, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "ablation: 2 variants" in out.stdout and "sweep: 2 completed" in out.stdout
+        table = (tmp_path / "ablation.md").read_text()
+        assert "| demo | baseline | 1 |" in table and "| demo | +part_align | 1 |" in table
+        db = database(dbserver.read_server_state(tmp_path / "tracking").url)
+        assert db.runs.find_one({"config.tag": "+part_align"})["config"]["part_align"] is True
+    finally:
+        subprocess.run([sys.executable, "main.py", "server_stop"], env=env, cwd=PROJECT_ROOT, capture_output=True,
+                       timeout=60)

@@ -76,3 +76,20 @@ def test_cache_shape_checks(tmp_path):
     path.with_suffix(".json").unlink()
     with pytest.raises(EmbeddingError, match="no sidecar"):
         embeddings.load(tmp_path, "demo", "labels", "minilm", num_classes=30, dim=384)
+
+
+def test_text_ensemble_is_the_mean_of_unit_rows(tmp_path):
+    assert embeddings.kinds_of("des") == ["des"]
+    assert embeddings.kinds_of("labels + des+parts") == ["labels", "des", "parts"]
+    for bad in ("labels+", "des+des", "+"):
+        with pytest.raises(EmbeddingError, match="distinct kinds joined by"):
+            embeddings.kinds_of(bad)
+    rows = {k: embeddings.load(tmp_path, "demo", k, "minilm", num_classes=30, dim=384) for k in ("labels", "parts")}
+    both = embeddings.load_text(tmp_path, "demo", "labels+parts", "minilm", num_classes=30, dim=384)
+    unit = {k: v / np.linalg.norm(v, axis=1, keepdims=True) for k, v in rows.items()}
+    np.testing.assert_allclose(both, (unit["labels"] + unit["parts"]) / 2, rtol=1e-6, atol=1e-7)
+    # a single kind is that kind's cache, unchanged (not normalised)
+    np.testing.assert_array_equal(embeddings.load_text(tmp_path, "demo", "labels", "minilm", num_classes=30,
+                                                       dim=384), rows["labels"])
+    with pytest.raises(TextError, match="no text kind 'nope'"):
+        embeddings.load_text(tmp_path, "demo", "labels+nope", "minilm", num_classes=30, dim=384)

@@ -1,0 +1,149 @@
+"""Ablation studies on the sweep machinery: component on/off rows over datasets × splits × seeds.
+
+A *component* is a named set of config overrides (``COMPONENTS``, or the study's own). An
+ablation of components ``[a, b]`` with the combination ``[a, b]`` runs the variants
+``baseline`` (the base config), ``+a``, ``+b`` and ``+a+b`` as one sweep: every point is one
+recorded run, tagged with its variant, skipped when already COMPLETED. The summary then
+pools, per dataset and variant, all splits and seeds: mean ± std of the inductive and aligned
+unseen top-1, of the validation top-1 each run selected its checkpoint by, the change against
+the baseline, and the mean per split.
+
+A combination must be chosen without looking at the unseen classes: ``best_by_validation``
+ranks variants by their mean validation top-1 only.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+BASELINE = "baseline"
+
+# The components the zero-shot track offers (README: configuration keys), as overrides of the base.
+COMPONENTS: dict[str, dict] = {
+    "ema": {"weight_average": "ema"},  # weight averaging per optimiser step
+    "swa": {"weight_average": "swa", "swa_start": 0.5},  # uniform average of the second half's epochs
+    "aug": {"aug_rotate": 0.3, "aug_scale": 0.1},  # CTR-GCN's random rotation, pyskl's random scale
+    "crop": {"aug_crop": [0.5, 1.0]},  # CTR-GCN's temporal crop, resized back
+    "shear": {"aug_shear": 0.3},  # SkeleMixCLR's shear
+    "skelemix": {"skelemix": 0.5},  # SkeleMix on half the batches, mixed text targets
+    "minmax": {"input_norm": "minmax"},  # each sequence scaled per axis to [-1, 1]
+    "bone": {"modality": "bone"},
+    "motion": {"modality": "joint_motion"},
+    "frhead": {"fr_head": True},
+    "ctrgcn": {"backbone": "ctrgcn"},
+    "labels": {"text_kind": "labels"},
+    "parts": {"text_kind": "parts"},
+    "texts": {"text_kind": "labels+des+parts"},  # text ensemble
+    "part_align": {"part_align": True},  # part-aware alignment with the parts texts
+    "minilm": {"text_model": "minilm"},
+    "cos": {"lr_schedule": "cos"},
+}
+
+
+def variant_name(components: list[str]) -> str:
+    return "".join(f"+{c}" for c in components) or BASELINE
+
+
+def ablation_variants(components: list[str], combos: list[list[str]] = (), extra: dict | None = None,
+                      baseline: bool = True) -> dict[str, dict]:
+    """``{"baseline": {}, "+a": {...}, "+a+b": {...}}``: one variant per component and per
+    combination (its components' overrides merged in order; two components setting one key to
+    different values is an error). ``extra``: the study's own components (name → overrides)."""
+    known = {**COMPONENTS, **(extra or {})}
+    unknown = sorted({c for c in [*components, *(c for combo in combos for c in combo)] if c not in known})
+    if unknown:
+        raise ValueError(f"unknown ablation components {unknown}; known: {sorted(known)} "
+                         "(add your own with ablation.extra={'name': {config overrides}})")
+    variants: dict[str, dict] = {BASELINE: {}} if baseline else {}
+    for combo in [[c] for c in components] + [list(c) for c in combos]:
+        merged: dict = {}
+        for c in combo:
+            clash = {k for k, v in known[c].items() if k in merged and merged[k] != v}
+            if clash:
+                raise ValueError(f"ablation combination {combo}: components set {sorted(clash)} differently")
+            merged.update(known[c])
+        variants[variant_name(combo)] = merged
+    return variants
+
+
+def runs_query(datasets: list[str], variants: list[str], base: dict) -> dict:
+    """COMPLETED zero-shot runs of these variants, recorded with exactly the study's base overrides."""
+    query = {"status": "COMPLETED", "result.unseen_top1": {"$exists": True}, "config.tag": {"$in": list(variants)},
+             **{f"config.{k}": v for k, v in base.items() if k != "data_root"}}
+    if datasets:
+        query["config.dataset"] = {"$in": list(datasets)}
+    return query
+
+
+@dataclass
+class AblationRow:
+    dataset: str
+    variant: str
+    runs: list[tuple[str, int]] = field(default_factory=list)  # (split, seed)
+    values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    per_split: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def stat(self, key: str) -> tuple[float, float] | None:
+        vals = self.values.get(key) or []
+        if not vals:
+            return None
+        return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+METRICS = (("unseen_top1", "inductive top-1"), ("unseen_top1_aligned", "aligned top-1"),
+           ("best_val_top1", "val top-1 (selection)"))
+
+
+def summarize(runs: list[dict], order: list[str] | None = None) -> list[AblationRow]:
+    """Rows per (dataset, variant) pooling every split and seed (a later run of one point replaces
+    an earlier one), in ``order`` of variants (others after, by name)."""
+    latest: dict[tuple, dict] = {}
+    for r in runs:
+        c = r["config"]
+        latest[(c["dataset"], c["tag"], str(c["split"]), int(c["seed"]))] = r
+    rows: dict[tuple[str, str], AblationRow] = {}
+    for (ds, variant, split, seed), r in latest.items():
+        row = rows.setdefault((ds, variant), AblationRow(ds, variant))
+        row.runs.append((split, seed))
+        res = r["result"]
+        for key, _ in METRICS:
+            if res.get(key) is not None:
+                row.values[key].append(float(res[key]))
+        row.per_split[split].append(float(res["unseen_top1"]))
+    rank = {v: i for i, v in enumerate(order or [])}
+    return sorted(rows.values(), key=lambda r: (r.dataset, rank.get(r.variant, len(rank)), r.variant))
+
+
+def best_by_validation(rows: list[AblationRow], dataset: str) -> str | None:
+    """The variant of ``dataset`` with the highest mean validation top-1 (never the unseen classes)."""
+    cands = [(r.stat("best_val_top1")[0], r.variant) for r in rows if r.dataset == dataset and r.stat("best_val_top1")]
+    return max(cands)[1] if cands else None
+
+
+def _fmt(stat: tuple[float, float] | None) -> str:
+    return "–" if stat is None else f"{stat[0]:.2f} ± {stat[1]:.2f}"
+
+
+def to_markdown(rows: list[AblationRow]) -> str:
+    head = ["dataset", "variant", "runs", *[label for _, label in METRICS], "Δ inductive", "Δ aligned",
+            "inductive per split"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = {r.dataset: r for r in rows if r.variant == BASELINE}
+    for r in rows:
+        deltas = []
+        for key in ("unseen_top1", "unseen_top1_aligned"):
+            b, s = base.get(r.dataset), r.stat(key)
+            deltas.append("–" if b is None or b.stat(key) is None or s is None or r.variant == BASELINE
+                          else f"{s[0] - b.stat(key)[0]:+.2f}")
+        splits = " / ".join(f"{k}: {np.mean(v):.1f}" for k, v in sorted(r.per_split.items()))
+        lines.append("| " + " | ".join([r.dataset, r.variant, str(len(r.runs)), *[_fmt(r.stat(k)) for k, _ in METRICS],
+                                        *deltas, splits]) + " |")
+    best = {ds: best_by_validation(rows, ds) for ds in dict.fromkeys(r.dataset for r in rows)}
+    note = ("\nMean ± sample std over every split and seed of a row; accuracies in %. Each run selected its "
+            "checkpoint on its validation classes (held out of the seen classes); *val top-1* is that "
+            "selection's accuracy, the only number a combination may be chosen by. Δ: against the "
+            "baseline row of the dataset. Best by validation: "
+            + ", ".join(f"{ds}: {v}" for ds, v in best.items()) + ".")
+    return "\n".join(lines) + "\n" + note + "\n"
