@@ -247,7 +247,11 @@ def config():
     # val: select on validation data (zero-shot: held-out seen classes; supervised: the validation part)
     # test: on test accuracy (the original's / the published tables' best epoch; labelled in the result)
     # last: the last epoch (supervised only; labelled)
+    # folds: (zero-shot) the epoch whose mean validation top-1 over val_folds folds of seen classes is best
+    #   (the split's validation classes, then folds drawn from the other seen classes), then one run on
+    #   every seen class for that many epochs, its last weights scored (experiments/train/folds.py)
     selection = "val"
+    val_folds = 3
     monitor_unseen = True  # log unseen top-1 per epoch (monitoring only, never used for selection)
     # Weight averaging (experiments/train/averaging.py): the averaged weights are evaluated, selected and kept
     weight_average = "none"  # none | ema (exponential moving average per optimiser step) | swa (uniform, per epoch)

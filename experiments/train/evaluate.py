@@ -113,7 +113,8 @@ def final_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: Ske
     log.info("unseen top-1: inductive %.2f%%%s (per-class mean %.2f%%), %s", res.top1,
              f", aligned {res.top1_aligned:.2f}%" if ev.align is not None else "", res.per_class_mean,
              f"checkpoint of epoch {outcome.best_epoch + 1} selected by "
-             f"{'unseen test accuracy' if ev.by_test else 'validation accuracy'}")
+             + {"test": "unseen test accuracy", "folds": "mean validation accuracy over folds (then trained on every "
+                "seen class)"}.get(ev.selection, "validation accuracy"))
     for key in ("H", "one_shot_top1_exemplar", "one_shot_top1_text", "one_shot_top1_combined"):
         if key in result:
             log.info("%s: %.2f%%", key, result[key])

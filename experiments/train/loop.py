@@ -100,7 +100,7 @@ def epoch_log_line(metrics: dict[str, float], selection_key: str) -> str:
 
 def train_and_select(s: Settings, train: Subset, model: torch.nn.Module, device: torch.device, tracker: Tracker,
                      generator: torch.Generator, folder: Path, objective: Objective, evaluate_epoch: EpochEval,
-                     selection_key: str) -> Outcome:
+                     selection_key: str, stop_epoch: int | None = None) -> Outcome:
     """The epoch loop with per-epoch selection; resumable from ``last.pt`` (``s.run.resume``).
 
     Args:
@@ -108,11 +108,13 @@ def train_and_select(s: Settings, train: Subset, model: torch.nn.Module, device:
         evaluate_epoch: the track's per-epoch evaluation; its score selects the checkpoint (the
             highest; with ``selection="last"`` the last epoch's).
         selection_key: the metric name the score is logged under.
+        stop_epoch: stop after this many epochs of the ``epoch_num`` schedule (the final stage of
+            ``selection="folds"``, which keeps the last epoch).
     """
     optim = s.optim
     optimizer = make_optimizer(model, optim.lr, optim.momentum, optim.weight_decay, optim.nesterov)
     ckpt_path, state_path = best_path(folder), folder / STATE_FILE
-    keep_last = s.eval.selection == "last"
+    keep_last = s.eval.selection in ("last", "folds")
 
     average = make_average(s.average, model)
     best = {"score": -1.0, "epoch": -1, "state": None}
@@ -135,7 +137,7 @@ def train_and_select(s: Settings, train: Subset, model: torch.nn.Module, device:
         log.info("resuming %s at epoch %d/%d", s.run.resume, start_epoch + 1, optim.epoch_num)
 
     t_start = time.time() - spent
-    for epoch in range(start_epoch, optim.epoch_num):
+    for epoch in range(start_epoch, optim.epoch_num if stop_epoch is None else min(stop_epoch, optim.epoch_num)):
         t0 = time.time()
         lr = epoch_lr(epoch, optim)
         for g in optimizer.param_groups:

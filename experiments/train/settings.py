@@ -126,6 +126,7 @@ class EvalSettings:
     align: AlignSettings | None    # None: no alignment (DA=False)
     exemplar_seed: int             # one_shot
     one_shot_text_weight: float
+    folds: int = 3                 # selection="folds": validation folds of the seen classes
 
     @property
     def by_test(self) -> bool:
@@ -212,7 +213,7 @@ class Settings:
                                 bool(c["nesterov"]), int(c["train_repeat"])),
             loss=LossSettings(c["loss_type"], float(c["loss_alpha"]), float(c["loss_beta"]), float(c["loss_margin"])),
             eval=EvalSettings(c["selection"], bool(c["monitor_unseen"]), int(c["eval_batch_size"]), align,
-                              int(c["exemplar_seed"]), float(c["one_shot_text_weight"])),
+                              int(c["exemplar_seed"]), float(c["one_shot_text_weight"]), int(c["val_folds"])),
             run=RunSettings(c["train_mode"], int(c["seed"]), c["device"], c["precision"], c["data_on_device"],
                             c["out_dir"], c["resume"], str(c["checkpoint"]), c["mongo_url"], c["tag"]),
             augment=AugmentSettings(float(c["aug_rotate"]), float(c["aug_scale"]), float(c["aug_shear"]),

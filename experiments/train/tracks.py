@@ -25,7 +25,7 @@ from module.losses import get_loss
 from text import embeddings as text_embeddings
 
 log = logging.getLogger("pgfa")
-SELECTIONS = ("val", "test")
+SELECTIONS = ("val", "test", "folds")
 
 
 def build_model(m: ModelSettings) -> SkeletonTextModel:
@@ -92,7 +92,7 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
     d = s.data
     spec = get_dataset(d.dataset, d.data_root)
     if s.eval.selection not in SELECTIONS:
-        raise ValueError(f"selection must be 'val' or 'test' (zero-shot tracks), got {s.eval.selection!r}")
+        raise ValueError(f"selection must be one of {SELECTIONS} (zero-shot tracks), got {s.eval.selection!r}")
     get_loss(s.loss.name)
     check_objective(s)
     use_val = s.eval.selection == "val" or d.gzsl
@@ -147,6 +147,10 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
     """
     tracker = tracker or NullTracker()
     s = Settings.from_config(cfg)
+    if s.eval.selection == "folds":
+        from experiments.train.folds import run_folds
+
+        return run_folds(s, tracker)
     generator = seed_everything(s.run.seed)
     data, text, model, device = prepare_run(s)
     log.info("train %d samples (%d classes) | val %s | unseen %d samples (%d classes) | device %s",
@@ -165,21 +169,26 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
 
 def zero_shot_epoch_eval(s: Settings, data: ZeroShotData, text: torch.Tensor, device: torch.device) -> EpochEval:
     """Per epoch: zero-shot top-1 on the selection subset (validation classes, or the unseen test
-    classes with ``selection="test"``), and the unseen classes as a monitor (never selected on)."""
+    classes with ``selection="test"``), and the unseen classes as a monitor (never selected on).
+    Without a selection subset (the final stage of ``selection="folds"``, which keeps its last
+    epoch) the score is NaN and only the monitor is logged."""
     ev, precision = s.eval, s.run.precision
     select_on = data.unseen if ev.by_test else data.val
 
     def evaluate(model) -> tuple[float, dict]:
-        sel = zero_shot_eval(embed(model, select_on.x, batch_size=ev.batch_size, device=device, precision=precision),
-                             select_on.y, select_on.classes, text)
-        metrics = {"unseen_top1_monitor" if ev.by_test else "val_top1": sel.top1}
+        if select_on is None:
+            score, metrics = float("nan"), {}
+        else:
+            sel = zero_shot_eval(embed(model, select_on.x, batch_size=ev.batch_size, device=device,
+                                       precision=precision), select_on.y, select_on.classes, text)
+            score, metrics = sel.top1, {"unseen_top1_monitor" if ev.by_test else "val_top1": sel.top1}
         if ev.monitor_unseen and not ev.by_test:
             mon = zero_shot_eval(embed(model, data.unseen.x, batch_size=ev.batch_size, device=device,
                                        precision=precision), data.unseen.y, data.unseen.classes, text, ev.align)
             metrics["unseen_top1_monitor"] = mon.top1
             if mon.top1_aligned is not None:
                 metrics["unseen_top1_aligned_monitor"] = mon.top1_aligned
-        return sel.top1, metrics
+        return score, metrics
 
     return evaluate
 
