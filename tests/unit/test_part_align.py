@@ -89,3 +89,18 @@ def test_part_model_on_every_backbone_trains(backbone):
     plain = build_model(ModelSettings(*[getattr(m, f) for f in m.__dataclass_fields__][:19]))
     assert type(plain) is SkeletonTextModel
     assert math.isclose(model.part_weight, 1.0)
+
+
+@pytest.mark.slow
+def test_part_aligned_run_and_its_checkpoint_evaluation_agree(text_root, tmp_path):
+    from main import ex
+
+    tiny = dict(data_root=str(text_root), text_model="minilm", text_kind="labels+des", epoch_num=1, hidden_channels=4,
+                out_channels=16, max_frame=8, batch_size=64, warmup_epochs=1, monitor_unseen=False)
+    res = ex.run(config_updates={**tiny, "part_align": True, "part_weight": 0.5, "out_dir": str(tmp_path / "a")},
+                 options={"--loglevel": "ERROR"}).result
+    ckpt = torch.load(res["checkpoint"], weights_only=False)
+    assert ckpt["config"]["part_align"] is True and any(k.startswith("part_heads.") for k in ckpt["model"])
+    again = ex.run(config_updates={**tiny, "train_mode": "test", "checkpoint": res["checkpoint"],
+                                   "out_dir": str(tmp_path / "b")}, options={"--loglevel": "ERROR"}).result
+    assert again["unseen_top1"] == res["unseen_top1"] and again["unseen_top1_aligned"] == res["unseen_top1_aligned"]
