@@ -76,17 +76,30 @@ def sweep_config():
     variants = {}  # name -> config overrides, stored as each run's tag; {} = one variant named "default"
     base = {}  # overrides for every point (a variant's entries win), e.g. {"epoch_num": 20}
     dry_run = False  # list what would run, start nothing
+    workers = 1  # points run at once on this machine; sweeps on other machines against one database share the grid
+    devices = []  # CUDA_VISIBLE_DEVICES of the workers' runs, round-robin, e.g. [0, 1, 2, 3]; [] = inherited
+    lease_s = 120.0  # a point's claim lapses this long after its worker's last heartbeat (a dead worker's point)
+    wait = True  # when the points left run in other workers: wait for them (False: return at once)
 
 
 @sweep.capture
-def sweep_settings(datasets, splits, seeds, variants, base, dry_run) -> dict:
+def sweep_settings(datasets, splits, seeds, variants, base, dry_run, workers, devices, lease_s, wait) -> dict:
     """The sweep's entries. Captured by the ingredient, so the free-form dicts ``variants`` and
     ``base`` may hold any config overrides (Sacred notes each added key with a warning)."""
-    if isinstance(datasets, str) or isinstance(splits, str):
-        raise ValueError("sweep.datasets / sweep.splits must be lists; quote them on the command line: "
-                         "\"sweep.datasets=['demo']\" sweep.splits=[1,2]")
+    if isinstance(datasets, str) or isinstance(splits, str) or isinstance(devices, str):
+        raise ValueError("sweep.datasets / sweep.splits / sweep.devices must be lists; quote them on the command "
+                         "line: \"sweep.datasets=['demo']\" sweep.splits=[1,2] sweep.devices=[0,1]")
+    if int(workers) < 1 or float(lease_s) <= 0:
+        raise ValueError(f"sweep.workers must be at least 1 and sweep.lease_s positive (got {workers}, {lease_s})")
     return {"datasets": list(datasets), "splits": list(splits), "seeds": list(seeds),
-            "variants": plain(variants) or {"default": {}}, "base": plain(base), "dry_run": bool(dry_run)}
+            "variants": plain(variants) or {"default": {}}, "base": plain(base), "dry_run": bool(dry_run),
+            "workers": int(workers), "devices": [str(d) for d in devices], "lease_s": float(lease_s),
+            "wait": bool(wait)}
+
+
+def sweep_options(settings: dict) -> dict:
+    """The keyword arguments of ``run_sweep`` among ``sweep_settings()``."""
+    return {k: settings[k] for k in ("dry_run", "workers", "devices", "lease_s", "wait")}
 
 
 @ablation.config

@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 
-from config import ex, sweep_settings
+from config import ex, sweep_options, sweep_settings
 from experiments.experiment import use_short_errors
 from experiments.tracking.output import interrupt_on_sigterm
 
@@ -281,7 +281,8 @@ def omniboard(mongo_url):
 @ex.command(unobserved=True)
 def sweep(data_root, mongo_url):
     """Run a grid (sweep.datasets × splits × seeds × variants), one recorded run per point, skipping
-    points already COMPLETED in the database; stop it any time and start it again."""
+    points already COMPLETED in the database; stop it any time and start it again. sweep.workers
+    points at once; sweeps on other machines recording into the same database share the grid."""
     from experiments.suite.sweep import grid as sweep_grid
     from experiments.suite.sweep import run_sweep, summarize_points
     from experiments.tracking.database import connect, resolve_target
@@ -291,7 +292,7 @@ def sweep(data_root, mongo_url):
     points = sweep_grid(s["datasets"], s["splits"], s["seeds"], s["variants"], base, data_root)
     print(f"sweep: {summarize_points(points)}")
     db = connect(resolve_target(mongo_url))
-    return run_sweep(points, db, dry_run=s["dry_run"], mongo_url=mongo_url)
+    return run_sweep(points, db, mongo_url=mongo_url, **sweep_options(s))
 
 
 @ex.command(unobserved=True)
@@ -316,7 +317,7 @@ def ablation(data_root, mongo_url, ablation):
     if ablation["run"]:
         points = sweep_grid(s["datasets"], s["splits"], s["seeds"], variants, base, data_root)
         print(f"ablation: {len(variants)} variants, {summarize_points(points)}")
-        run_sweep(points, db, dry_run=s["dry_run"], mongo_url=mongo_url)
+        run_sweep(points, db, mongo_url=mongo_url, **sweep_options(s))
     runs = list(db.runs.find(runs_query(s["datasets"], list(variants), s["base"]), {"config": 1, "result": 1}))
     rows = summarize(runs, list(variants))
     if not rows:

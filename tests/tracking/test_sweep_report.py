@@ -1,7 +1,9 @@
 """Sweeps (grid, skip what is COMPLETED) and the results table."""
 import csv
+import datetime
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -98,7 +100,15 @@ def test_sweep_points_with_a_url_are_recorded_where_the_sweep_looks(monkeypatch)
     p = Point("demo", 1, 0, "default", {"note_url": url})
     assert completed_query(p)["config.note_url"] == "mongodb://***@db.example:27017/lab"  # as it is stored
     calls = []
-    monkeypatch.setattr(sweep_module.subprocess, "call", lambda cmd, cwd, env: calls.append((cmd, env)) or 0)
+
+    class Child:  # a point's run process that succeeds at once
+        def __init__(self, cmd, cwd, env, stdout, stderr):
+            calls.append((cmd, env))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(sweep_module.subprocess, "Popen", Child)
 
     class NoRuns:
         class runs:
@@ -106,7 +116,17 @@ def test_sweep_points_with_a_url_are_recorded_where_the_sweep_looks(monkeypatch)
             def count_documents(query, limit):
                 return 0
 
-    sweep_module.run_sweep([Point("demo", 1, 0, "default")], NoRuns, mongo_url=url, log=lambda m: None)
+        class claims:  # every claim is granted
+            @staticmethod
+            def find_one_and_update(query, update, upsert):
+                return None
+
+            @staticmethod
+            def update_one(query, update):
+                return SimpleNamespace(matched_count=1)
+
+    sweep_module.run_sweep([Point("demo", 1, 0, "default")], NoRuns, mongo_url=url, log=lambda m: None,
+                           clock=datetime.datetime.now)
     (cmd, env), = calls
     assert env["PGFA_MONGO_URL"] == url and not any("s3cret" in c for c in cmd)
 
