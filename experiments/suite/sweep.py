@@ -184,7 +184,7 @@ class _Sweep:
             self.wake(stop=True)
 
     def _work(self, claims: Claims, env: dict[str, str], index: int) -> None:
-        todo, told = list(range(len(self.points))), set()
+        todo, holders = list(range(len(self.points))), {}  # point -> the other sweep's worker seen holding it
         while todo and not self.stop.is_set():
             held, generation = [], self.generation
             for i in todo:
@@ -204,15 +204,17 @@ class _Sweep:
                                      "a later sweep retries it")
                         continue
                     held.append(i)
-                    if i not in told and doc.get("worker") not in self.workers:
-                        told.add(i)
-                        self.log(f"{head}: running in worker {doc.get('worker', '?')}")
+                    if i not in holders and doc.get("worker") not in self.workers:
+                        holders[i] = doc.get("worker", "?")
+                        self.log(f"{head}: running in worker {holders[i]}")
                     continue
                 if is_completed(self.db, point):  # completed elsewhere between the two look-ups
                     self._end(claims, key, DONE, 0, head)
                     if self.note(i, "skipped"):
                         self.log(f"{head}: already COMPLETED, skipped")
                     continue
+                if i in holders:
+                    self.log(f"{head}: taken over from worker {holders[i]} (its lease ran out or it let go)")
                 self._run(i, key, claims, env, head)
             if held and not self.wait:
                 for i in held:
