@@ -108,11 +108,12 @@ class Claims:
         return True
 
     def beat(self, key: str) -> bool:
-        """Extend this worker's running claim by a lease; False if it is no longer this worker's."""
+        """Extend this worker's running claim by a lease; False if another worker holds the point now.
+        A claim that has gone (someone cleared the collection) is taken again."""
         now = self.clock()
         res = self.collection.update_one({"_id": key, "worker": self.worker, "state": RUNNING},
                                          {"$set": {"heartbeat": now, "expires": now + self.lease}})
-        return res.matched_count == 1
+        return res.matched_count == 1 or self.claim(key)
 
     def finish(self, key: str, state: str, rc: int | None = None) -> bool:
         """End this worker's claim: ``done`` (the run COMPLETED), ``failed`` (retried by a later

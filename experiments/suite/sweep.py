@@ -135,6 +135,7 @@ class _Sweep:
         self.children: set[subprocess.Popen] = set()
         self.errors: list[Exception] = []
         self.workers: set[str] = set()  # the ids of this sweep's workers
+        self.running_workers = 0
         self._log = log
 
     def log(self, message: str) -> None:
@@ -182,6 +183,9 @@ class _Sweep:
             with self.lock:
                 self.errors.append(exc)
             self.wake(stop=True)
+        finally:
+            with self.lock:
+                self.running_workers -= 1
 
     def _work(self, claims: Claims, env: dict[str, str], index: int) -> None:
         todo, holders = list(range(len(self.points))), {}  # point -> the other sweep's worker seen holding it
@@ -289,23 +293,33 @@ class _Sweep:
                 proc.send_signal(signal.SIGINT)
                 return
 
-    def interrupt(self, threads: list[threading.Thread], grace_s: float = 10.0, patience_s: float = 60.0) -> None:
+    def finished(self, timeout_s: float | None = None) -> bool:
+        """Wait until every worker has returned (True), or ``timeout_s`` (False).
+
+        Polls rather than ``Thread.join``: in Python 3.11 a join interrupted by Ctrl-C marks a
+        thread that still runs as stopped, and every later join returns at once."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.running_workers:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def interrupt(self, grace_s: float = 10.0, patience_s: float = 60.0) -> None:
         """Ctrl-C or SIGTERM of the sweep: start nothing more. A terminal's Ctrl-C has reached the
         points' runs too; those still running after ``grace_s`` (the sweep alone was signalled) get
         one SIGINT, and are killed if they have not ended ``patience_s`` later. Their workers
         release their claims."""
         self.wake(stop=True)
         for wait_s, sig in ((grace_s, signal.SIGINT), (patience_s, signal.SIGKILL)):
-            deadline = time.monotonic() + wait_s
-            for t in threads:
-                t.join(max(0.0, deadline - time.monotonic()))
+            if self.finished(wait_s):
+                return
             with self.lock:
-                running = [p for p in self.children if p.poll() is None]
+                running = list(self.children)  # a worker drops its run once it has ended
             for proc in running:
                 self.log(f"sweep: sending {sig.name} to run process {proc.pid}")
                 proc.send_signal(sig)
-        for t in threads:
-            t.join()
+        self.finished()
 
 
 def _output_file(point: Point):
@@ -353,14 +367,13 @@ def run_sweep(points: list[Point], db, *, dry_run: bool = False, log=_say, mongo
             sweep.log(f"w{index}: worker {claims.worker}{device}")
         threads.append(threading.Thread(target=sweep.work, args=(claims, worker_env, index), name=f"sweep-w{index}",
                                         daemon=True))
+    sweep.running_workers = len(threads)
     for t in threads:
         t.start()
     try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(0.5)
+        sweep.finished()
     except KeyboardInterrupt:
-        sweep.interrupt(threads)
+        sweep.interrupt()
         _report(sweep.outcome(), log)
         raise
     if sweep.errors:

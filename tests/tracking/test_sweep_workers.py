@@ -25,6 +25,9 @@ TINY_BASE = ("{'text_model': 'minilm', 'text_kind': 'labels', 'epoch_num': 1, 'h
              "'out_channels': 32, 'batch_size': 64, 'warmup_epochs': 1, 'monitor_unseen': False}")
 
 
+FAR = datetime.datetime(2100, 1, 1)
+
+
 class FakeClock:
     def __init__(self):
         self.now = datetime.datetime(2026, 1, 1, 12, 0, 0)
@@ -67,6 +70,8 @@ def test_claims_are_exclusive_renewed_and_expire(db):
     assert not a.beat("p") and not a.finish("p", DONE)  # a finds it lost the point and leaves b's claim alone
     doc = db.claims.find_one({"_id": "p"})
     assert (doc["worker"], doc["state"], doc["attempts"], doc["label"]) == ("b", RUNNING, 2, "demo split 1")
+    db.claims.delete_one({"_id": "p"})  # someone cleared the claims: the next heartbeat claims the point again
+    assert b.beat("p") and b.holder("p")["worker"] == "b"
 
     earlier = Claims(db.claims, "c", 60, clock)  # a worker already running when b's point fails
     clock.advance(1)
@@ -138,6 +143,32 @@ def test_workers_run_each_point_once_on_their_devices(db, monkeypatch, tmp_path)
     assert lines[-1] == "sweep: 6 completed"
     again = sweep_module.run_sweep(points, db, workers=3, log=lines.append)
     assert len(again["skipped"]) == 6 and len(started) == 6
+
+
+@needs_server
+def test_a_worker_that_lost_its_claim_stops_its_run(db, monkeypatch):
+    """A worker whose heartbeats did not reach the database for a lease finds the point taken over
+    and stops its run (SIGINT) rather than run the point a second time beside the new holder."""
+    signals = []
+
+    class Run:
+        def __init__(self, cmd, cwd, env, stdout, stderr):
+            self.stopped = threading.Event()
+            threading.Timer(0.3, lambda: db.claims.update_one({}, {"$set": {"worker": "thief", "expires": FAR}})).start()
+
+        def send_signal(self, sig):
+            signals.append(sig)
+            self.stopped.set()
+
+        def wait(self):
+            return 130 if self.stopped.wait(30) else 0
+
+    monkeypatch.setattr(sweep_module.subprocess, "Popen", Run)
+    lines = []
+    done = sweep_module.run_sweep([Point("demo", 1, 0, "default")], db, lease_s=0.6, log=lines.append)
+    assert signals == [signal.SIGINT] and done["failed"] == ["demo split 1 seed 0 [default]"]
+    assert any("lost its claim" in line for line in lines), lines
+    assert db.claims.find_one()["worker"] == "thief" and db.claims.find_one()["state"] == RUNNING  # left alone
 
 
 def sweep_args(demo_root, *extra: str) -> list[str]:
