@@ -171,9 +171,9 @@ def test_a_worker_that_lost_its_claim_stops_its_run(db, monkeypatch):
     assert db.claims.find_one()["worker"] == "thief" and db.claims.find_one()["state"] == RUNNING  # left alone
 
 
-def sweep_args(demo_root, *extra: str) -> list[str]:
+def sweep_args(demo_root, *extra: str, base: str = TINY_BASE) -> list[str]:
     return [sys.executable, "main.py", "sweep", "with", f"data_root={str(demo_root)!r}", "sweep.datasets=['demo']",
-            f"sweep.base={TINY_BASE}", *extra]
+            f"sweep.base={base}", *extra]
 
 
 @needs_server
@@ -231,5 +231,31 @@ def test_a_killed_workers_point_is_taken_over_after_its_lease(text_root, tmp_pat
         for proc in (a, b):  # a failed test: the workers and their runs
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
+        subprocess.run([sys.executable, "main.py", "server_stop"], env=env, cwd=PROJECT_ROOT, capture_output=True,
+                       timeout=60)
+
+
+@needs_server
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_and_releases_its_claim(text_root, tmp_path):
+    """Ctrl-C in the terminal (SIGINT to the sweep and its run): the run is recorded INTERRUPTED,
+    the claim released for the next sweep, the sweep exits with 130."""
+    env = cli_env(tmp_path / "tracking", free_port())
+    args = sweep_args(text_root, "sweep.splits=[1]", "sweep.seeds=[0]",
+                      base=TINY_BASE.replace("'epoch_num': 1", "'epoch_num': 40"))  # still running at Ctrl-C
+    log = tmp_path / "sweep.log"
+    with open(log, "wb") as out:  # a terminal's process group; SIGINT at its default, as in a terminal
+        proc = subprocess.Popen(args, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        wait_until(lambda: "epoch 1/40" in log.read_text(), 300, "the run's first epoch")
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130, log.read_text()[-3000:]
+        db = database(dbserver.read_server_state(tmp_path / "tracking").url)
+        assert [r["status"] for r in db.runs.find()] == ["INTERRUPTED"]
+        assert db.claims.find_one()["state"] == RELEASED and "released for the next sweep" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         subprocess.run([sys.executable, "main.py", "server_stop"], env=env, cwd=PROJECT_ROOT, capture_output=True,
                        timeout=60)
