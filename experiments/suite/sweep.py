@@ -234,8 +234,12 @@ class _Sweep:
         self.log(f"{head}: running" + (f" (output: {out.name})" if out else ""))
         finished, lost = threading.Event(), threading.Event()
         try:
-            proc = subprocess.Popen(command(point), cwd=WORK_ROOT, env=env, stdout=out,
-                                    stderr=subprocess.STDOUT if out else None)
+            try:
+                proc = subprocess.Popen(command(point), cwd=WORK_ROOT, env=env, stdout=out,
+                                        stderr=subprocess.STDOUT if out else None)
+            except OSError:
+                self._end(claims, key, RELEASED, None, head)
+                raise
             with self.lock:
                 self.children.add(proc)
             beat = threading.Thread(target=self._heartbeat, args=(claims, key, proc, finished, lost, head),
@@ -266,7 +270,7 @@ class _Sweep:
             self.log(f"{head}: exit status {rc} (recorded as FAILED or INTERRUPTED; a rerun of the sweep retries it)")
         self.wake(stop=interrupted and rc != 0)  # the other local workers look again (or stop)
 
-    def _end(self, claims: Claims, key: str, state: str, rc: int, head: str) -> None:
+    def _end(self, claims: Claims, key: str, state: str, rc: int | None, head: str) -> None:
         try:
             claims.finish(key, state, rc)
         except pymongo.errors.PyMongoError as exc:  # the claim expires after its lease anyway
