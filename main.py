@@ -318,7 +318,7 @@ def ablation(data_root, mongo_url, ablation):
         points = sweep_grid(s["datasets"], s["splits"], s["seeds"], variants, base, data_root)
         print(f"ablation: {len(variants)} variants, {summarize_points(points)}")
         run_sweep(points, db, mongo_url=mongo_url, **sweep_options(s))
-    runs = list(db.runs.find(runs_query(s["datasets"], list(variants), s["base"]), {"config": 1, "result": 1}))
+    runs = list(db.runs.find(runs_query(s["datasets"], variants, s["base"]), {"config": 1, "result": 1}))
     rows = summarize(runs, list(variants))
     if not rows:
         print("no COMPLETED runs of these variants yet")

@@ -70,10 +70,15 @@ def ablation_variants(components: list[str], combos: list[list[str]] = (), extra
     return variants
 
 
-def runs_query(datasets: list[str], variants: list[str], base: dict) -> dict:
-    """COMPLETED zero-shot runs of these variants, recorded with exactly the study's base overrides."""
-    query = {"status": "COMPLETED", "result.unseen_top1": {"$exists": True}, "config.tag": {"$in": list(variants)},
-             **{f"config.{k}": v for k, v in base.items() if k != "data_root"}}
+def runs_query(datasets: list[str], variants: dict[str, dict], base: dict) -> dict:
+    """COMPLETED zero-shot runs of these variants, each recorded with exactly its settings: the
+    study's base overrides with the variant's own on top (``data_root`` aside: it says where a
+    machine keeps its data, not what ran)."""
+    per_variant = []
+    for name, over in variants.items():
+        settings = {k: v for k, v in {**base, **over}.items() if k != "data_root"}
+        per_variant.append({"config.tag": name, **{f"config.{k}": v for k, v in settings.items()}})
+    query = {"status": "COMPLETED", "result.unseen_top1": {"$exists": True}, "$or": per_variant}
     if datasets:
         query["config.dataset"] = {"$in": list(datasets)}
     return query

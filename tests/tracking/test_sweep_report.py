@@ -142,7 +142,10 @@ def test_ablation_variants_and_table():
         ablation_variants(["nope"])
     with pytest.raises(ValueError, match=r"set \['weight_average'\] differently"):
         ablation_variants([], [["ema", "swa"]])
-    assert runs_query(["demo"], ["baseline"], {"epoch_num": 3, "data_root": "/x"})["config.epoch_num"] == 3
+    q = runs_query(["demo"], {"baseline": {}, "+ema": {"weight_average": "ema"}},
+                   {"epoch_num": 3, "weight_average": "none", "data_root": "/x"})
+    assert q["$or"] == [{"config.tag": "baseline", "config.epoch_num": 3, "config.weight_average": "none"},
+                        {"config.tag": "+ema", "config.epoch_num": 3, "config.weight_average": "ema"}]
 
     def run(_id, tag, split, seed, top1, val):
         d = doc(_id, seed, top1, top1 + 5, tag=tag, split=split)
