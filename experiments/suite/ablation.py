@@ -129,6 +129,17 @@ def best_by_validation(rows: list[AblationRow], dataset: str) -> str | None:
     return max(cands)[1] if cands else None
 
 
+def clear_gain(row: AblationRow, baseline: AblationRow, key: str = "best_val_top1") -> bool:
+    """Whether ``row``'s mean of ``key`` (by default the validation top-1, never an unseen number)
+    exceeds the baseline's by more than the standard error of the difference of the two means:
+    the rule by which a component may become a dataset's default."""
+    a, b = row.values.get(key) or [], baseline.values.get(key) or []
+    if len(a) < 2 or len(b) < 2:
+        return False
+    se = float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
+    return float(np.mean(a) - np.mean(b)) > se
+
+
 def _fmt(stat: tuple[float, float] | None) -> str:
     return "–" if stat is None else f"{stat[0]:.2f} ± {stat[1]:.2f}"
 
@@ -148,9 +159,13 @@ def to_markdown(rows: list[AblationRow]) -> str:
         lines.append("| " + " | ".join([r.dataset, r.variant, str(len(r.runs)), *[_fmt(r.stat(k)) for k, _ in METRICS],
                                         *deltas, splits]) + " |")
     best = {ds: best_by_validation(rows, ds) for ds in dict.fromkeys(r.dataset for r in rows)}
+    clear = {ds: [r.variant for r in rows if r.dataset == ds and r.variant != BASELINE and ds in base
+                  and clear_gain(r, base[ds])] for ds in best}
     note = ("\nMean ± sample std over every split and seed of a row; accuracies in %. Each run selected its "
             "checkpoint on its validation classes (held out of the seen classes); *val top-1* is that "
             "selection's accuracy, the only number a combination may be chosen by. Δ: against the "
             "baseline row of the dataset. Best by validation: "
-            + ", ".join(f"{ds}: {v}" for ds, v in best.items()) + ".")
+            + ", ".join(f"{ds}: {v}" for ds, v in best.items())
+            + ". Validation top-1 above the baseline's by more than the standard error of the difference: "
+            + ", ".join(f"{ds}: {', '.join(v) or 'none'}" for ds, v in clear.items()) + ".")
     return "\n".join(lines) + "\n" + note + "\n"

@@ -132,7 +132,7 @@ def test_sweep_points_with_a_url_are_recorded_where_the_sweep_looks(monkeypatch)
 
 
 def test_ablation_variants_and_table():
-    from experiments.suite.ablation import ablation_variants, best_by_validation, runs_query, summarize
+    from experiments.suite.ablation import ablation_variants, best_by_validation, clear_gain, runs_query, summarize
     from experiments.suite.ablation import to_markdown as ablation_markdown
 
     v = ablation_variants(["ema", "texts"], [["ema", "texts"]], extra={"mine": {"lr": 0.01}})
@@ -161,9 +161,13 @@ def test_ablation_variants_and_table():
     assert rows[1].stat("unseen_top1") == (55.0, pytest.approx(7.0710678))
     # chosen by validation accuracy alone: the baseline (60) over +ema (52.5), though +ema is better on unseen
     assert best_by_validation(rows, "demo") == "baseline"
+    assert not clear_gain(rows[1], rows[0]) and not clear_gain(rows[0], rows[1])  # 7.5 < se 12.5
+    rows[1].values["best_val_top1"] = [90.0, 92.0]
+    assert clear_gain(rows[1], rows[0])  # 31 > se 10.0
+    rows[1].values["best_val_top1"] = [60.0, 45.0]
     table = ablation_markdown(rows)
     assert "| demo | +ema | 2 | 55.00 ± 7.07 | 60.00 ± 7.07 | 52.50 ± 10.61 | +25.00 | +25.00 | 1: 50.0 / 2: 60.0 |" \
-        in table and "Best by validation: demo: baseline" in table
+        in table and "Best by validation: demo: baseline" in table and "difference: demo: none." in table
 
 
 @needs_server
