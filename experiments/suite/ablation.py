@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from experiments.suite.report import mean_std
+
 BASELINE = "baseline"
 
 # The components the zero-shot track offers (README: configuration keys), as overrides of the base.
@@ -93,10 +95,7 @@ class AblationRow:
     per_split: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
     def stat(self, key: str) -> tuple[float, float] | None:
-        vals = self.values.get(key) or []
-        if not vals:
-            return None
-        return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        return mean_std(self.values.get(key) or [])
 
 
 METRICS = (("unseen_top1", "inductive top-1"), ("unseen_top1_aligned", "aligned top-1"),

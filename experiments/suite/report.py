@@ -35,6 +35,13 @@ QUOTED: dict[tuple[str, str, str], dict[str, float]] = {
 }
 
 
+def mean_std(vals: list[float]) -> tuple[float, float] | None:
+    """Mean and sample std (0 for one value); None for no values."""
+    if not vals:
+        return None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
 @dataclass
 class Row:
     dataset: str
@@ -47,10 +54,7 @@ class Row:
     values: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
     def stat(self, key: str) -> tuple[float, float] | None:
-        vals = self.values.get(key) or []
-        if not vals:
-            return None
-        return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+        return mean_std(self.values.get(key) or [])
 
 
 def fetch_runs(db, datasets: list[str] | None = None, tags: list[str] | None = None) -> list[dict]:
