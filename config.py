@@ -137,7 +137,13 @@ for _source in project_sources():
 # Supervised (FR-Head/CTR-GCN tables): classification over every class of the dataset's protocol.
 TRACK_DEFAULTS: dict[str, dict] = {"main": {}, "sota": {"backbone": "shiftgcn", "max_frame": 64},
                                    "test": {}, "one_shot": {"epoch_num": 100}, "supervised": {},
-                                   "ensemble": {}}
+                                   "ensemble": {},
+                                   # SkeletonCLR / SkeleMixCLR's pretraining and linear evaluation schedules
+                                   "pretrain": {"selection": "last", "aug_shear": 0.5, "aug_crop": [0.5, 1.0],
+                                                "lr": 0.1, "weight_decay": 1e-4, "epoch_num": 300,
+                                                "lr_steps": [250], "warmup_epochs": 0},
+                                   "linear_eval": {"freeze_backbone": True, "lr": 3.0, "weight_decay": 0.0,
+                                                   "epoch_num": 100, "lr_steps": [80], "warmup_epochs": 0}}
 
 
 def check_track_split(train_mode: str, dataset: str, split: str | int, data_root: str | None = None) -> None:
@@ -155,7 +161,7 @@ def check_track_split(train_mode: str, dataset: str, split: str | int, data_root
 
 @ex.config
 def config():
-    train_mode = "main"  # main (Setting 1) | sota (Setting 2) | test (evaluate a checkpoint) | one_shot | supervised | ensemble
+    train_mode = "main"  # main (Setting 1) | sota (Setting 2) | test | one_shot | supervised | ensemble | pretrain | linear_eval
     if train_mode not in TRACKS:
         raise ValueError(f"unknown train_mode {train_mode!r}; choose one of {list(TRACKS)}")
     # Where the run is recorded (experiments/tracking/observer.py). Credentials never reach the stored config.
@@ -181,7 +187,7 @@ def config():
     # T the model sees (other lengths are resampled); a track's own (Setting 2: 64) wins over a dataset's
     max_frame = TRACK_DEFAULTS[train_mode].get("max_frame", _d.get("max_frame", _spec.frames))
     val_seed = 0  # draws the validation classes where the split publishes none (supervised: the validation part)
-    if train_mode in ("supervised", "ensemble"):  # every class is trained and tested: no class split
+    if train_mode in ("supervised", "linear_eval", "ensemble"):  # every class is trained and tested: no class split
         unseen_classes, val_classes = [], []
     else:
         unseen_classes = list(_split["unseen"])
@@ -263,7 +269,7 @@ def config():
     # folds: (zero-shot) the epoch whose mean validation top-1 over val_folds folds of seen classes is best
     #   (the split's validation classes, then folds drawn from the other seen classes), then one run on
     #   every seen class for that many epochs, its last weights scored (experiments/train/folds.py)
-    selection = "val"
+    selection = _d.get("selection", "val")  # (pretrain: last)
     val_folds = 3
     monitor_unseen = True  # log unseen top-1 per epoch (monitoring only, never used for selection)
     # Weight averaging (experiments/train/averaging.py): the averaged weights are evaluated, selected and kept
@@ -275,6 +281,22 @@ def config():
     support_factor = _d.get("support_factor", 0.9)  # the fraction of each predicted class a prototype averages
     min_support = 1
     entropy_scale = 1.0
+
+    # Limited scale (SkeletonX's protocol): N training samples per class, drawn seeded (0 = all); recorded
+    samples_per_class = 0
+    samples_seed = 0  # the draw's seed (fixed across training seeds: the seeds then vary the training only)
+    # Encoder initialisation (experiments/train/init.py): a run id, run folder or checkpoint whose encoder
+    # weights (backbone.*) start this run, e.g. a train_mode="pretrain" run; freeze_backbone: train the heads only
+    init_from = ""
+    freeze_backbone = _d.get("freeze_backbone", False)  # (linear_eval: True)
+    # train_mode="pretrain" (experiments/train/pretrain.py): MoCo with SkeleMix queries, no labels read
+    pretrain_on = "split"  # split: the zero-shot split's training classes | protocol: the supervised protocol's train part
+    transductive = False  # also pretrain on the unlabelled validation + unseen (split) or test (protocol) sequences
+    moco_dim = 128
+    moco_queue = "auto"  # negatives kept; auto: the pretraining set's size less one batch
+    moco_momentum = 0.999
+    moco_temperature = 0.07
+    moco_mix = 1.0  # weight of the SkeleMix queries' loss (0: plain SkeletonCLR)
 
     gzsl = False  # also evaluate generalized zero-shot (seen test + unseen samples; needs seen_test arrays)
     gzsl_holdout = 0.1  # gzsl: fraction of each training class held out of training to calibrate gamma

@@ -33,6 +33,7 @@ from experiments.tracking.output import interrupt_on_sigterm
 # One loop for every training track; tracks differ by config (config.py: TRACK_DEFAULTS).
 TRACK_RUNNERS = {"main": "tracks:run_zero_shot", "sota": "tracks:run_zero_shot", "one_shot": "tracks:run_zero_shot",
                  "test": "tracks:run_test", "supervised": "supervised:run_supervised",
+                 "linear_eval": "supervised:run_supervised", "pretrain": "pretrain:run_pretrain",
                  "ensemble": "experiments.suite.ensemble:run_ensemble"}
 # Commands that train or evaluate models: they run under the project's allocator (experiments/runtime.py).
 HEAVY_COMMANDS = {"run"}
@@ -89,7 +90,9 @@ def end_summary(cfg: dict, _run, result: dict) -> str:
     from experiments.tracking.output import redact_text
 
     folder = Path(result.get("checkpoint") or result.get("scores", "")).parent
-    if "ensemble_top1" in result:
+    if "summary" in result:
+        headline = result["summary"]
+    elif "ensemble_top1" in result:
         headline = f"ensemble top-1 {result['ensemble_top1']:.2f}%, top-5 {result['ensemble_top5']:.2f}% ({result['weight_rule']})"
     elif "test_top1" in result:
         headline = f"test top-1 {result['test_top1']:.2f}%, top-5 {result['test_top5']:.2f}% ({result['modality']} stream)"
@@ -283,8 +286,9 @@ def sweep(data_root, mongo_url):
     """Run a grid (sweep.datasets × splits × seeds × variants), one recorded run per point, skipping
     points already COMPLETED in the database; stop it any time and start it again. sweep.workers
     points at once; sweeps on other machines recording into the same database share the grid."""
-    from experiments.suite.sweep import grid as sweep_grid
-    from experiments.suite.sweep import run_sweep, summarize_points
+    from experiments.suite.grid import grid as sweep_grid
+    from experiments.suite.grid import summarize_points
+    from experiments.suite.sweep import run_sweep
     from experiments.tracking.database import connect, resolve_target
 
     s = sweep_settings()
@@ -303,23 +307,13 @@ def ablation(data_root, mongo_url, ablation):
     from pathlib import Path
 
     from experiments.files import write_text_atomic
-    from experiments.suite.ablation import ablation_variants, runs_query, summarize, to_markdown
-    from experiments.tracking.output import plain
-    from experiments.suite.sweep import grid as sweep_grid
-    from experiments.suite.sweep import run_sweep, summarize_points
+    from experiments.suite.ablation import run_ablation, to_markdown
     from experiments.tracking.database import connect, resolve_target
+    from experiments.tracking.output import plain
 
     s = sweep_settings()
-    variants = ablation_variants(list(ablation["components"]), [list(c) for c in ablation["combos"]],
-                                 plain(ablation["extra"]))
-    base = {"data_root": data_root, **s["base"]}
-    db = connect(resolve_target(mongo_url))
-    if ablation["run"]:
-        points = sweep_grid(s["datasets"], s["splits"], s["seeds"], variants, base, data_root)
-        print(f"ablation: {len(variants)} variants, {summarize_points(points)}")
-        run_sweep(points, db, mongo_url=mongo_url, **sweep_options(s))
-    runs = list(db.runs.find(runs_query(s["datasets"], variants, s["base"]), {"config": 1, "result": 1}))
-    rows = summarize(runs, list(variants))
+    rows = run_ablation(connect(resolve_target(mongo_url)), s, plain(ablation), data_root, sweep_options(s),
+                        mongo_url=mongo_url)
     if not rows:
         print("no COMPLETED runs of these variants yet")
         return {}
@@ -328,7 +322,7 @@ def ablation(data_root, mongo_url, ablation):
     if ablation["out"]:
         write_text_atomic(Path(ablation["out"]), table)
         print(f"wrote {ablation['out']}")
-    return {"variants": list(variants), "rows": len(rows)}
+    return {"variants": list(dict.fromkeys(r.variant for r in rows)), "rows": len(rows)}
 
 
 @ex.command(unobserved=True)

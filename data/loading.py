@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ class ZeroShotData:
     unseen: Subset
     seen_test: Subset | None
     val_seen: Subset | None = None
+    record: dict = field(default_factory=dict)  # what the run's result records about its data (limit_per_class)
 
 
 def resample_time(x: np.ndarray, frames: int, chunk: int = 1024) -> np.ndarray:
@@ -79,6 +80,39 @@ def holdout_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
             raise DataError(f"class {c} has {len(idx)} training sample(s): too few to hold any out (GZSL calibration, supervised validation part)")
         mask[rng.choice(idx, size=k, replace=False)] = True
     return mask
+
+
+def draw_per_class(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``n`` seeded samples of every class in ``labels`` (all of a class that has
+    ``n`` or fewer); the limited-scale protocol of SkeletonX (10-50 training samples per class).
+    The same labels, ``n`` and ``seed`` always give the same indices."""
+    if n < 1:
+        raise ValueError(f"samples_per_class must be a positive number of samples (0 = all), got {n}")
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        picked.append(idx if len(idx) <= n else np.sort(rng.choice(idx, size=n, replace=False)))
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
+
+
+def limit_per_class(train: Subset, n: int, seed: int) -> tuple[Subset, dict]:
+    """``train`` cut to ``n`` samples per class (``draw_per_class``; ``n=0``: unchanged) and the record
+    a result keeps of the draw: N, the seed, the count per class and the indices into the full
+    training part (in the order the split's arrays hold it, validation classes removed)."""
+    if n == 0:
+        return train, {}
+    idx = draw_per_class(train.y.numpy(), int(n), int(seed))
+    labels = train.y.numpy()[idx]
+    counts = {str(int(c)): int((labels == c).sum()) for c in np.unique(labels)}
+    short = {c: k for c, k in counts.items() if k < n}
+    if short:
+        log.warning("samples_per_class=%d: classes %s have fewer training samples; all of theirs are used", n, short)
+    log.info("limited scale: %d of %d training samples (%d per class, seed %d)", len(idx), len(train), n, seed)
+    keep = torch.from_numpy(idx)
+    record = {"samples_per_class": int(n), "samples_seed": int(seed), "num_train_full": len(train),
+              "train_per_class": counts, "train_indices": idx.tolist()}
+    return Subset(train.x[keep], train.y[keep], train.classes), record
 
 
 def load_zero_shot(data_root: str | Path, spec: DatasetSpec, split: str | int, unseen: list[int],

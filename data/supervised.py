@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ class SupervisedData:
     val: Subset | None
     test: Subset
     protocol: str
+    record: dict = field(default_factory=dict)  # what the run's result records about its data (limit_per_class)
 
 
 def _demo_arrays(frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:

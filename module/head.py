@@ -62,7 +62,21 @@ class InputStream(nn.Module):
         return f"modality={self.modality!r}, layout={self.layout!r}, input_norm={self.input_norm!r}"
 
 
-class SkeletonTextModel(nn.Module):
+class EncoderModel(nn.Module):
+    """A model around ``self.backbone`` whose encoder can be frozen (``frozen_backbone = True``:
+    ``experiments/train/init.py``): then ``train()`` leaves the backbone in eval mode, so its
+    BatchNorm statistics stay those it was trained with (linear evaluation)."""
+
+    frozen_backbone = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+        return self
+
+
+class SkeletonTextModel(EncoderModel):
     """Backbone ``(N, C, T, V, M) → (N, D)``, then a linear head ``D → text_dim``.
 
     ``logit_scale`` is the log of the inverse softmax temperature, a registered
@@ -91,7 +105,7 @@ class SkeletonTextModel(nn.Module):
         return self.head(self.backbone(self.stream(x)))  # (N, text_dim)
 
 
-class ClassifierModel(nn.Module):
+class ClassifierModel(EncoderModel):
     """Backbone ``(N, C, T, V, M) → (N, D)``, then a linear classifier ``D → num_classes``
     (initialised as CTR-GCN's: normal with std sqrt(2 / num_classes), zero bias)."""
 

@@ -168,3 +168,27 @@ def to_markdown(rows: list[AblationRow]) -> str:
             + ". Validation top-1 above the baseline's by more than the standard error of the difference: "
             + ", ".join(f"{ds}: {', '.join(v) or 'none'}" for ds, v in clear.items()) + ".")
     return "\n".join(lines) + "\n" + note + "\n"
+
+
+def run_ablation(db, sweep: dict, opts: dict, data_root: str, run_options: dict, mongo_url: str = "",
+                 log=print) -> list[AblationRow]:
+    """The ``ablation`` command: the variants of ``opts`` (components, combos, extra) over the sweep's
+    datasets × splits × seeds, run as one sweep when ``opts["run"]`` (COMPLETED points skipped), then
+    the rows of every COMPLETED run of them in ``db``.
+
+    Args:
+        sweep: the sweep settings (``config.sweep_settings()``); its ``base`` applies to every variant.
+        opts: the ``ablation`` config entry.
+        run_options: ``run_sweep``'s options (``config.sweep_options``).
+    """
+    from experiments.suite.grid import grid, summarize_points
+    from experiments.suite.sweep import run_sweep
+
+    variants = ablation_variants(list(opts["components"]), [list(c) for c in opts["combos"]], dict(opts["extra"]))
+    if opts["run"]:
+        points = grid(sweep["datasets"], sweep["splits"], sweep["seeds"], variants,
+                      {"data_root": data_root, **sweep["base"]}, data_root)  # the runs read the sweep's data
+        log(f"ablation: {len(variants)} variants, {summarize_points(points)}")
+        run_sweep(points, db, mongo_url=mongo_url, **run_options)
+    runs = db.runs.find(runs_query(sweep["datasets"], variants, sweep["base"]), {"config": 1, "result": 1})
+    return summarize(list(runs), list(variants))

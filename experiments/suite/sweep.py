@@ -17,7 +17,6 @@ the name is stored as the run's ``tag``, which the results table groups by.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import signal
@@ -25,70 +24,19 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 
 import pymongo.errors
 
-from data.catalog import dataset_splits, get_dataset
 from experiments.files import PROJECT_ROOT, WORK_ROOT
 from experiments.suite.claims import DONE, FAILED, RELEASED, Claims, Clock, point_identity, point_key, server_clock, \
     worker_id
 from experiments.tracking.database import MONGO_URL_ENV
+from experiments.suite.grid import Point
 from experiments.tracking.output import redact_text
 
 DEFAULT_LEASE_S = 120.0  # a claim lapses this long after its worker's last heartbeat
 POLL_MAX_S = 30.0  # a waiting worker looks again at least this often
 LOG_DIR = WORK_ROOT / "logs" / "sweep"  # the output of each point's run when several run at once
-
-
-@dataclass
-class Point:
-    """One grid point: the config updates of one run."""
-    dataset: str
-    split: int | str
-    seed: int
-    variant: str
-    overrides: dict = field(default_factory=dict)
-
-    def updates(self) -> dict:
-        return {**self.overrides, "dataset": self.dataset, "split": self.split, "seed": self.seed,
-                "tag": self.variant}
-
-    def label(self) -> str:
-        return f"{self.dataset} split {self.split} seed {self.seed} [{self.variant}]"
-
-
-def _split_id(key: str) -> int | str:
-    return int(key) if str(key).isdigit() else str(key)
-
-
-def grid(datasets: list[str], splits: list, seeds: list[int], variants: dict[str, dict], base: dict,
-         data_root: str) -> list[Point]:
-    """Every point of the grid, in order (dataset, split, variant, seed).
-
-    Args:
-        datasets: dataset names.
-        splits: split ids; empty = each dataset's splits of the run's track (``base["train_mode"]``,
-            default ``main``).
-        seeds: seeds.
-        variants: name → config overrides (``{"default": {}}`` for one plain variant).
-        base: overrides applied to every point (a variant's entries win).
-        data_root: where generic datasets and registered splits are looked up.
-    """
-    if not variants:
-        raise ValueError("a sweep needs at least one variant, e.g. {'default': {}}")
-    track = base.get("train_mode", "main")
-    points = []
-    for ds in datasets:
-        get_dataset(ds, data_root)
-        available = dataset_splits(ds, data_root)
-        ids = [str(s) for s in splits] if splits else [k for k, s in available.items() if s["track"] == track]
-        missing = [s for s in ids if s not in available]
-        if missing or not ids:
-            raise ValueError(f"dataset {ds!r}: splits {missing or ids} not defined; it has {list(available)}")
-        for split, (name, over), seed in itertools.product(ids, variants.items(), seeds):
-            points.append(Point(ds, _split_id(split), int(seed), name, {**base, **over}))
-    return points
 
 
 def completed_query(point: Point) -> dict:
@@ -402,12 +350,3 @@ def _plan(points: list[Point], db, log) -> dict[str, list[str]]:
             done["planned"].append(point.label())
             log(f"{head}: would run: {redact_text(' '.join(command(point)[1:]))}")
     return _report(done, log)
-
-
-def summarize_points(points: list[Point]) -> str:
-    counts = {}
-    for p in points:
-        counts.setdefault(p.dataset, set()).add(p.split)
-    parts = [f"{ds} splits {sorted(map(str, s))}" for ds, s in counts.items()]
-    return f"{len(points)} runs: " + "; ".join(parts)
-

@@ -52,8 +52,8 @@ def run_name(cfg: dict) -> str:
     what the run list calls a run."""
     if cfg.get("train_mode") == "ensemble":
         name = f"{cfg.get('dataset')}-ensemble-{len(cfg.get('ensemble_members') or [])}runs"
-    elif cfg.get("train_mode") == "supervised":
-        name = f"{cfg.get('dataset')}-supervised-{cfg.get('modality')}-seed{cfg.get('seed')}"
+    elif cfg.get("train_mode") in ("supervised", "linear_eval"):
+        name = f"{cfg.get('dataset')}-{cfg.get('train_mode')}-{cfg.get('modality')}-seed{cfg.get('seed')}"
     else:
         name = f"{cfg.get('dataset')}-split{cfg.get('split')}-{cfg.get('train_mode')}-seed{cfg.get('seed')}"
     return f"{name}-{cfg['tag']}" if cfg.get("tag") else name

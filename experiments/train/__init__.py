@@ -1,1 +1,1 @@
-"""The one train / evaluate loop every track uses: settings, steps, the epoch loop, evaluation, checkpoints and resume state, GZSL, metrics, artifacts, the tracks."""
+"""The one train / evaluate loop every track uses: settings, steps, the epoch loop, evaluation, checkpoints and resume state, GZSL, metrics, artifacts, run preparation, the tracks."""

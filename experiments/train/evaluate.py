@@ -85,6 +85,7 @@ def final_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: Ske
         "val_classes": list(data.val.classes) if data.val else [],
         "train_seconds": round(outcome.train_seconds, 1), "checkpoint": str(outcome.checkpoint),
         **(s.average.record() if s.run.train_mode != "test" else {}),  # (test mode: not this run's training)
+        **data.record,  # limited scale, init_from, freeze_backbone
     }
     if ev.align is not None:
         result.update({"unseen_top1_aligned": res.top1_aligned,

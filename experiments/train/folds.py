@@ -30,6 +30,7 @@ from experiments.tracking.tracker import Tracker
 from experiments.train.evaluate import Outcome, final_report
 from experiments.train.loop import seed_everything, train_and_select
 from experiments.train.objectives import zero_shot_objective
+from experiments.train.prepare import folder_of, prepare_run, with_batch_size, zero_shot_epoch_eval
 from experiments.train.settings import Settings
 
 log = logging.getLogger("pgfa")
@@ -91,8 +92,6 @@ class FoldTracker:
 
 def run_folds(s: Settings, tracker: Tracker) -> dict:
     """``selection="folds"`` (module docstring); returns the run's result like ``run_zero_shot``."""
-    from experiments.train.tracks import folder_of, prepare_run, with_batch_size, zero_shot_epoch_eval
-
     d = s.data
     if s.run.resume:
         raise ValueError("selection='folds' cannot resume a run (it trains several models); start it again")

@@ -16,10 +16,12 @@ from text.embeddings import kinds_of
 def preflight(cfg: dict) -> None:
     """Raise ``FileNotFoundError`` / ``TextError`` / ``ValueError`` for inputs a run cannot use."""
     spec = get_dataset(cfg["dataset"], cfg["data_root"])
-    if cfg["train_mode"] == "supervised":  # every class, from the prepared samples; no class texts
+    mode = cfg["train_mode"]
+    on_samples = mode in ("supervised", "linear_eval") or (mode == "pretrain" and cfg.get("pretrain_on") == "protocol")
+    if on_samples:  # every class, from the prepared samples; no class texts
         d = samples_dir(cfg["data_root"], cfg["dataset"], spec.frames)
         if cfg["dataset"] != "demo" and not (d / "manifest.json").is_file():
-            raise FileNotFoundError(f"train_mode='supervised' reads the prepared samples of {cfg['dataset']} ({d} has "
+            raise FileNotFoundError(f"train_mode={mode!r} reads the prepared samples of {cfg['dataset']} ({d} has "
                                     f"none); prepare them with: {spec.prepare}")
     elif cfg["dataset"] != "demo":  # the demo is generated on first use
         d = split_dir(cfg["data_root"], cfg["dataset"], cfg["split"])
@@ -27,9 +29,13 @@ def preflight(cfg: dict) -> None:
         if missing:
             raise FileNotFoundError(f"missing data file {missing[0]} ({cfg['dataset']} split {cfg['split']}); "
                                     f"prepare it with: {spec.prepare}")
-    if cfg["train_mode"] != "supervised":
+    if mode not in ("supervised", "linear_eval", "pretrain"):  # the tracks that align with class texts
         kinds = kinds_of(cfg["text_kind"]) + (kinds_of(cfg["part_text_kind"]) if cfg.get("part_align") else [])
         for kind in dict.fromkeys(kinds):
             load_class_texts(cfg["dataset"], kind, spec.num_classes, data_root=cfg["data_root"])
+    init = str(cfg.get("init_from") or "")
+    if init and not init.isdigit() and not Path(init).expanduser().exists():
+        raise FileNotFoundError(f"init_from={init!r}: no such checkpoint or run folder (give a best.pt, a folder "
+                                "holding one, or the id of a recorded run)")
     if cfg["resume"] and not (Path(cfg["resume"]) / STATE_FILE).is_file():
         raise FileNotFoundError(f"resume={cfg['resume']!r}: no {STATE_FILE} there (a run writes it after each epoch)")

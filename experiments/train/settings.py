@@ -22,6 +22,8 @@ class DataSettings:
     max_frame: int         # T the model sees
     gzsl: bool
     gzsl_holdout: float
+    samples_per_class: int = 0  # limited scale: N training samples per class (0 = all), drawn with samples_seed
+    samples_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,25 @@ class RunSettings:
 
 
 @dataclass(frozen=True)
+class InitSettings:
+    """Where the encoder's starting weights come from (``experiments/train/init.py``)."""
+    source: str = ""        # init_from: a run id, a run folder or a checkpoint ("" = random initialisation)
+    freeze: bool = False    # freeze_backbone: the encoder is not trained (linear evaluation)
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """Self-supervised pretraining (``experiments/train/pretrain.py``, ``module/moco.py``)."""
+    on: str = "split"          # pretrain_on: split | protocol
+    transductive: bool = False  # also the unlabelled test sequences
+    dim: int = 128
+    queue: int | str = "auto"
+    momentum: float = 0.999
+    temperature: float = 0.07
+    mix: float = 1.0           # weight of the SkeleMix queries' loss (0: plain SkeletonCLR)
+
+
+@dataclass(frozen=True)
 class Settings:
     data: DataSettings
     model: ModelSettings
@@ -190,6 +211,8 @@ class Settings:
     supervised: SupervisedSettings
     config: dict  # the full (plain, redacted) config, stored with checkpoints
     average: AverageSettings = AverageSettings()
+    init: InitSettings = InitSettings()
+    pretrain: PretrainSettings = PretrainSettings()
 
     @classmethod
     def from_config(cls, cfg: dict) -> "Settings":
@@ -200,7 +223,7 @@ class Settings:
         return cls(
             data=DataSettings(c["dataset"], str(c["data_root"]), c["split"], tuple(c["unseen_classes"]),
                               tuple(c["val_classes"]), int(c["val_seed"]), int(c["max_frame"]), bool(c["gzsl"]),
-                              float(c["gzsl_holdout"])),
+                              float(c["gzsl_holdout"]), int(c["samples_per_class"]), int(c["samples_seed"])),
             model=ModelSettings(c["backbone"], c["modality"], c["input_norm"], c["in_channels"], c["hidden_channels"], c["out_channels"], c["dropout"],
                                 c["graph_layout"], c["graph_strategy"], c["max_hop"], c["edge_importance"],
                                 c["temporal_kernel"], c["num_person"], c["shift_impl"], c["shift_pos_grad"],
@@ -222,6 +245,10 @@ class Settings:
             supervised=SupervisedSettings(str(c["protocol"]), float(c["label_smoothing"]), float(c["val_fraction"])),
             config=dict(cfg),
             average=average_settings(c),
+            init=InitSettings(str(c["init_from"]), bool(c["freeze_backbone"])),
+            pretrain=PretrainSettings(str(c["pretrain_on"]), bool(c["transductive"]), int(c["moco_dim"]),
+                                      c["moco_queue"] if c["moco_queue"] == "auto" else int(c["moco_queue"]),
+                                      float(c["moco_momentum"]), float(c["moco_temperature"]), float(c["moco_mix"])),
         )
 
 

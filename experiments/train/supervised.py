@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from data.catalog import get_dataset
+from data.loading import limit_per_class
 from data.supervised import SupervisedData, load_supervised
 from experiments.tracking.tracker import NullTracker, Tracker
 from experiments.train.artifacts import (TEST_SCORES_FILE, class_names, plot_confusion, plot_curves, save_scores,
@@ -27,7 +28,7 @@ from experiments.train.metrics import balanced_accuracy, per_class_accuracy, top
 from experiments.train.objectives import check_objective, supervised_objective
 from experiments.train.settings import Settings
 from experiments.train.steps import autocast, embed, place_subset
-from experiments.train.tracks import attach_fr_head, backbone_kwargs, folder_of, with_batch_size
+from experiments.train.prepare import attach_fr_head, backbone_kwargs, folder_of, start_encoder, with_batch_size
 from module import build_backbone
 from module.head import ClassifierModel, InputStream
 
@@ -73,7 +74,7 @@ def run_supervised(cfg: dict, tracker: Tracker | None = None) -> dict:
     s = Settings.from_config(cfg)
     ev = s.eval
     if ev.selection not in SUPERVISED_SELECTIONS:
-        raise ValueError(f"selection must be one of {SUPERVISED_SELECTIONS} for train_mode='supervised', "
+        raise ValueError(f"selection must be one of {SUPERVISED_SELECTIONS} for train_mode={s.run.train_mode!r}, "
                          f"got {ev.selection!r}")
     if ev.selection == "val" and s.supervised.val_fraction <= 0:
         raise ValueError("selection='val' needs a validation part: val_fraction > 0 (or selection='test' / 'last', "
@@ -83,10 +84,13 @@ def run_supervised(cfg: dict, tracker: Tracker | None = None) -> dict:
     spec = get_dataset(s.data.dataset, s.data.data_root)
     data = load_supervised(s.data.data_root, spec, s.supervised.protocol, s.data.max_frame,
                            s.supervised.val_fraction, s.data.val_seed)
+    data.train, limited = limit_per_class(data.train, s.data.samples_per_class, s.data.samples_seed)
     device = resolve_device(s.run.device)
     autocast(device, s.run.precision)
     data.train = place_subset(data.train, device, s.run.data_on_device)
-    model = build_classifier(s, spec.num_classes).to(device)
+    model = build_classifier(s, spec.num_classes)
+    data.record.update(limited, **start_encoder(s, model))
+    model = model.to(device)
     log.info("supervised %s (%s): train %d | val %s | test %d samples, %d classes | %s stream | device %s",
              spec.name, data.protocol, len(data.train), len(data.val) if data.val else "none", len(data.test),
              spec.num_classes, s.model.modality, device)
@@ -120,7 +124,7 @@ def supervised_report(s: Settings, data: SupervisedData, model: torch.nn.Module,
         tracker.add_artifact(path)
     by = {"val": "validation accuracy", "test": "test accuracy (as the published tables)", "last": "the last epoch"}
     result = {
-        "dataset": s.data.dataset, "train_mode": "supervised", "protocol": data.protocol, "seed": s.run.seed,
+        "dataset": s.data.dataset, "train_mode": s.run.train_mode, "protocol": data.protocol, "seed": s.run.seed,
         "tag": s.run.tag, "modality": s.model.modality, "backbone": s.model.backbone, "fr_head": s.fr.enabled,
         "selection": ev.selection, "best_epoch": outcome.best_epoch,
         ("best_val_top1" if ev.selection == "val" else "best_test_top1_selection"): outcome.best_score,
@@ -132,7 +136,7 @@ def supervised_report(s: Settings, data: SupervisedData, model: torch.nn.Module,
         "epoch_seconds_mean": round(float(np.mean([h["epoch_seconds"] for h in outcome.history])), 2)
         if outcome.history else None,
         "checkpoint": str(outcome.checkpoint), "scores": str(paths[2]), "batch_size": s.optim.batch_size,
-        **s.average.record(),
+        **s.average.record(), **data.record,
     }
     log.info("test top-1 %.2f%%, top-5 %.2f%% (per-class mean %.2f%%), checkpoint of epoch %d selected by %s",
              result["test_top1"], result["test_top5"], result["test_per_class_mean"], outcome.best_epoch + 1,

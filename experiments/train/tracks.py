@@ -4,134 +4,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
-import torch
-
-from data.catalog import get_dataset
-from data.loading import Subset, ZeroShotData, load_zero_shot
 from experiments.tracking.tracker import NullTracker, Tracker
 from experiments.train.checkpoints import load_checkpoint, resolve_checkpoint
-from experiments.train.evaluate import Outcome, final_report, zero_shot_eval
-from experiments.train.gzsl import pick_exemplars
-from experiments.train.loop import EpochEval, resolve_device, seed_everything, train_and_select
-from experiments.train.objectives import check_objective, zero_shot_objective
-from experiments.train.settings import ModelSettings, Settings
-from experiments.train.state import run_folder
-from experiments.train.steps import FEW_STEPS, auto_batch_size, autocast, embed, place_subset, steps_per_epoch
-from module import backbone_keys, build_backbone
-from module.head import InputStream, PartAwareModel, SkeletonTextModel
-from module.losses import get_loss
-from text import embeddings as text_embeddings
+from experiments.train.evaluate import Outcome, final_report
+from experiments.train.folds import run_folds
+from experiments.train.loop import seed_everything, train_and_select
+from experiments.train.objectives import zero_shot_objective
+from experiments.train.prepare import folder_of, prepare_run, with_batch_size, zero_shot_epoch_eval
+from experiments.train.settings import Settings
 
 log = logging.getLogger("pgfa")
-SELECTIONS = ("val", "test", "folds")
-
-
-def build_model(m: ModelSettings) -> SkeletonTextModel:
-    """The input stream, the backbone (its factory gets exactly its own entries, by name) and the text head."""
-    backbone = build_backbone(m.backbone, **backbone_kwargs(m))
-    kwargs = dict(init_temperature=m.init_temperature, learn_temperature=m.learn_temperature,
-                  stream=InputStream(m.modality, m.graph_layout, m.input_norm))
-    if m.part_align:
-        from module.graph import get_layout
-        from module.parts import body_parts
-
-        return PartAwareModel(backbone, m.text_dim, body_parts(m.graph_layout), get_layout(m.graph_layout).num_joints,
-                              part_weight=m.part_weight, **kwargs)
-    return SkeletonTextModel(backbone, m.text_dim, **kwargs)
-
-
-def class_texts(s: Settings, model: torch.nn.Module, num_classes: int) -> torch.Tensor:
-    """The class-text matrix the run aligns with: ``text_kind``'s embeddings (a ``+`` ensemble
-    averaged), fused with the ``part_text_kind`` texts for a part-aware model."""
-    d, t = s.data, s.text
-
-    def load(kind: str) -> torch.Tensor:
-        return torch.from_numpy(text_embeddings.load_text(d.data_root, d.dataset, kind, t.model,
-                                                          num_classes=num_classes, dim=t.dim))
-
-    text = load(t.kind)
-    if isinstance(model, PartAwareModel):
-        with torch.no_grad():
-            text = model.text_targets(text, load(t.part_kind))
-    return text
-
-
-def attach_fr_head(model: torch.nn.Module, s: Settings, num_classes: int) -> torch.nn.Module:
-    """With ``fr_head=True``: FR-Head over ``num_classes`` classes as ``model.fr_head`` (trained and
-    saved with the model; used only by the training objective). Its level shapes are read from one
-    forward pass of an input of the run's shape."""
-    if s.fr.enabled:
-        from module.frhead import FRHead
-        from module.graph import get_layout
-
-        m = s.model
-        sample = torch.zeros(2, m.in_channels, s.data.max_frame, get_layout(m.graph_layout).num_joints, m.num_person)
-        model.fr_head = FRHead.for_backbone(model.backbone, sample, num_classes, level_weights=s.fr.level_weights)
-    return model
-
-
-def backbone_kwargs(m: ModelSettings) -> dict:
-    """The model settings a backbone's factory declares (``module.backbone_keys``), passed by name."""
-    return {k: getattr(m, k) for k in backbone_keys(m.backbone)}
-
-
-def place_data(data: ZeroShotData, device: torch.device, mode: str | bool) -> None:
-    """Training samples and labels, and the inputs of every evaluated subset, resident on the
-    device where they fit (``place_subset``); evaluation labels stay on the CPU with the metrics."""
-    data.train = place_subset(data.train, device, mode)
-    for name in ("val", "unseen", "seen_test", "val_seen"):
-        sub = getattr(data, name)
-        if sub is not None:
-            setattr(data, name, Subset(place_subset(sub, device, mode).x, sub.y, sub.classes))
-
-
-def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextModel, torch.device]:
-    """Everything that can fail on bad input, checked before the first training step."""
-    d = s.data
-    spec = get_dataset(d.dataset, d.data_root)
-    if s.eval.selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS} (zero-shot tracks), got {s.eval.selection!r}")
-    get_loss(s.loss.name)
-    check_objective(s)
-    use_val = s.eval.selection == "val" or d.gzsl
-    data = load_zero_shot(d.data_root, spec, d.split, list(d.unseen_classes), list(d.val_classes), d.max_frame,
-                          use_val=use_val, holdout=d.gzsl_holdout if d.gzsl else 0.0, holdout_seed=d.val_seed)
-    if d.gzsl and data.seen_test is None:
-        raise ValueError(f"gzsl=True needs seen-class test samples: {d.dataset} split {d.split} has no "
-                         "seen_test_data.npy / seen_test_label.npy")
-    if s.run.train_mode == "one_shot":
-        pick_exemplars(data.unseen.y, data.unseen.classes, s.eval.exemplar_seed)  # every class needs 2+ samples
-    model = build_model(s.model)
-    text = class_texts(s, model, spec.num_classes)
-    device = resolve_device(s.run.device)
-    autocast(device, s.run.precision)  # validates the key before any work
-    place_data(data, device, s.run.data_on_device)
-    model = attach_fr_head(model, s, len(data.train.classes)).to(device)
-    return data, text, model, device
-
-
-def with_batch_size(s: Settings, n_train: int) -> Settings:
-    """``batch_size="auto"`` resolved from the training-set size (logged); a warning when an
-    epoch has only a few optimiser steps (a small dataset with a large batch barely learns)."""
-    bs = s.optim.batch_size
-    if bs == "auto":
-        bs = auto_batch_size(n_train)
-        log.info("batch_size auto: %d for %d training samples (%d steps per epoch)", bs, n_train,
-                 steps_per_epoch(n_train, bs))
-        s = replace(s, optim=replace(s.optim, batch_size=bs))
-    steps = steps_per_epoch(n_train, bs)
-    if steps < FEW_STEPS:
-        log.warning("only %d optimiser step%s per epoch (%d training samples, batch_size=%d): the model will "
-                    "barely learn; use batch_size=\"auto\" (%d here) or a smaller batch_size", steps,
-                    "" if steps == 1 else "s", n_train, bs, auto_batch_size(n_train))
-    return s
-
-
-def folder_of(s: Settings):
-    return run_folder(resume=s.run.resume, out_dir=s.run.out_dir, dataset=s.data.dataset, split=s.data.split,
-                      train_mode=s.run.train_mode, seed=s.run.seed)
 
 
 def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
@@ -148,8 +31,6 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
     tracker = tracker or NullTracker()
     s = Settings.from_config(cfg)
     if s.eval.selection == "folds":
-        from experiments.train.folds import run_folds
-
         return run_folds(s, tracker)
     generator = seed_everything(s.run.seed)
     data, text, model, device = prepare_run(s)
@@ -167,32 +48,6 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
     return {**final_report(s, data, text, model, device, tracker, outcome), "batch_size": s.optim.batch_size}
 
 
-def zero_shot_epoch_eval(s: Settings, data: ZeroShotData, text: torch.Tensor, device: torch.device) -> EpochEval:
-    """Per epoch: zero-shot top-1 on the selection subset (validation classes, or the unseen test
-    classes with ``selection="test"``), and the unseen classes as a monitor (never selected on).
-    Without a selection subset (the final stage of ``selection="folds"``, which keeps its last
-    epoch) the score is NaN and only the monitor is logged."""
-    ev, precision = s.eval, s.run.precision
-    select_on = data.unseen if ev.by_test else data.val
-
-    def evaluate(model) -> tuple[float, dict]:
-        if select_on is None:
-            score, metrics = float("nan"), {}
-        else:
-            sel = zero_shot_eval(embed(model, select_on.x, batch_size=ev.batch_size, device=device,
-                                       precision=precision), select_on.y, select_on.classes, text)
-            score, metrics = sel.top1, {"unseen_top1_monitor" if ev.by_test else "val_top1": sel.top1}
-        if ev.monitor_unseen and not ev.by_test:
-            mon = zero_shot_eval(embed(model, data.unseen.x, batch_size=ev.batch_size, device=device,
-                                       precision=precision), data.unseen.y, data.unseen.classes, text, ev.align)
-            metrics["unseen_top1_monitor"] = mon.top1
-            if mon.top1_aligned is not None:
-                metrics["unseen_top1_aligned_monitor"] = mon.top1_aligned
-        return score, metrics
-
-    return evaluate
-
-
 def run_test(cfg: dict, tracker: Tracker | None = None) -> dict:
     """Evaluate a stored checkpoint (``cfg["checkpoint"]``) on the configured dataset and split, with
     the same numbers and artifacts as after training; recorded as its own run."""
@@ -201,7 +56,10 @@ def run_test(cfg: dict, tracker: Tracker | None = None) -> dict:
     path = resolve_checkpoint(cfg["checkpoint"], cfg.get("mongo_url", ""))
     ckpt = load_checkpoint(path)
     trained = ckpt["config"]
-    if trained.get("train_mode") == "supervised":
+    if trained.get("train_mode") == "pretrain":
+        raise ValueError(f"{path}: a self-supervised pretraining checkpoint (no text head); start a run from its "
+                         "encoder with init_from=... instead")
+    if trained.get("train_mode") in ("supervised", "linear_eval"):
         raise ValueError(f"{path}: a supervised classifier's checkpoint; train_mode='test' evaluates zero-shot "
                          "checkpoints (a supervised run already scores its test set; its scores: test_scores.npz)")
     # the result reports the rule that selected this checkpoint, not this run's default; the FR-Head

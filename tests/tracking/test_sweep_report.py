@@ -10,7 +10,8 @@ import pytest
 from experiments.files import PROJECT_ROOT
 from experiments.tracking import dbserver
 from experiments.suite.report import aggregate, bar_chart, to_markdown
-from experiments.suite.sweep import Point, command, completed_query, grid
+from experiments.suite.grid import Point, grid
+from experiments.suite.sweep import command, completed_query
 from tracking_support import cli_env, database, free_port, needs_server
 
 

@@ -17,7 +17,7 @@ import pytest
 from experiments.files import PROJECT_ROOT
 from experiments.suite import sweep as sweep_module
 from experiments.suite.claims import DONE, FAILED, RELEASED, RUNNING, Claims, point_key, server_clock
-from experiments.suite.sweep import Point
+from experiments.suite.grid import Point
 from experiments.tracking import dbserver
 from tracking_support import cli_env, database, free_port, needs_server, wait_until
 

@@ -38,8 +38,8 @@ def test_text_dim_follows_the_text_model():
 def test_unknown_key_and_values_fail():
     with pytest.raises(ConfigAddedError):
         config_of(learning_rate=0.1)
-    with pytest.raises(ValueError, match="unknown train_mode 'pretrain'"):
-        config_of(train_mode="pretrain")
+    with pytest.raises(ValueError, match="unknown train_mode 'pretraining'"):
+        config_of(train_mode="pretraining")
     with pytest.raises(ValueError, match="split '1' is not defined for dataset 'ntu120'"):
         config_of(dataset="ntu120", split=1)
     with pytest.raises(ValueError, match="unknown dataset 'kinetics'"):

@@ -71,7 +71,7 @@ def test_part_model_refuses_bad_settings():
 
 @pytest.mark.parametrize("backbone", ["stgcn", "shiftgcn", "ctrgcn"])
 def test_part_model_on_every_backbone_trains(backbone):
-    from experiments.train.tracks import build_model
+    from experiments.train.prepare import build_model
     from experiments.train.settings import ModelSettings
     from module.defaults import model_defaults
 
