@@ -141,9 +141,9 @@ TRACK_DEFAULTS: dict[str, dict] = {"main": {}, "sota": {"backbone": "shiftgcn", 
                                    # SkeletonCLR / SkeleMixCLR's pretraining and linear evaluation schedules
                                    "pretrain": {"selection": "last", "aug_shear": 0.5, "aug_crop": [0.5, 1.0],
                                                 "lr": 0.1, "weight_decay": 1e-4, "epoch_num": 300,
-                                                "lr_steps": [250], "warmup_epochs": 0},
+                                                "lr_steps": [], "warmup_epochs": 0},
                                    "linear_eval": {"freeze_backbone": True, "lr": 3.0, "weight_decay": 0.0,
-                                                   "epoch_num": 100, "lr_steps": [80], "warmup_epochs": 0}}
+                                                   "epoch_num": 150, "lr_steps": [80], "warmup_epochs": 0}}
 
 
 def check_track_split(train_mode: str, dataset: str, split: str | int, data_root: str | None = None) -> None:
@@ -295,8 +295,9 @@ def config():
     moco_dim = 128
     moco_queue = "auto"  # negatives kept; auto: the pretraining set's size less one batch
     moco_momentum = 0.999
-    moco_temperature = 0.07
+    moco_temperature = 0.2  # SkeleMixCLR's published config (SkeletonCLR's code default: 0.07)
     moco_mix = 1.0  # weight of the SkeleMix queries' loss (0: plain SkeletonCLR)
+    moco_mix_views = 1  # SkeleMixed views per batch (SkeleMixCLR+: 3)
 
     gzsl = False  # also evaluate generalized zero-shot (seen test + unseen samples; needs seen_test arrays)
     gzsl_holdout = 0.1  # gzsl: fraction of each training class held out of training to calibrate gamma

@@ -164,6 +164,30 @@ def skelemix(x_a: torch.Tensor, x_b: torch.Tensor, joints: Sequence[int], frames
     return torch.where(mask[None, None, :, :, None], x_b, x_a)  # (N, C, T, V, M)
 
 
+def draw_skelemix_region(n: int, t: int, parts: dict[str, Sequence[int]], gen: torch.Generator,
+                         num_parts: tuple[int, int] = (2, 3), span_blocks: tuple[int, int] = (7, 11),
+                         blocks: int = 16, device: torch.device | str = "cpu"
+                         ) -> tuple[torch.Tensor, list[int], tuple[int, int]]:
+    """The random part of ``draw_skelemix`` (its docstring): the partner of each of ``n`` sequences,
+    the pasted joints and the half-open frame range ``[start, stop)`` of ``t`` frames."""
+    groups = list(parts.values())
+
+    def randint(low: int, high: int) -> int:  # inclusive bounds
+        return int(torch.randint(low, high + 1, (1,), generator=gen, device=gen.device))
+
+    shift = randint(1, n - 1) if n > 1 else 0
+    partner = (torch.arange(n, device=device) + shift) % n
+    k_lo, k_hi = (min(max(k, 1), len(groups)) for k in num_parts)
+    chosen = torch.randperm(len(groups), generator=gen, device=gen.device)[:randint(k_lo, k_hi)]
+    joints = sorted(j for g in chosen.tolist() for j in groups[g])
+    b_lo, b_hi = (min(max(b, 1), blocks) for b in span_blocks)
+    span = randint(b_lo, b_hi)
+    first = randint(0, blocks - span)
+    start, stop = round(first * t / blocks), round((first + span) * t / blocks)
+    stop = max(stop, min(start + 1, t))  # a short T still pastes at least one frame
+    return partner, joints, (start, stop)
+
+
 def draw_skelemix(x: torch.Tensor, parts: dict[str, Sequence[int]], gen: torch.Generator,
                   num_parts: tuple[int, int] = (2, 3), span_blocks: tuple[int, int] = (7, 11),
                   blocks: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -193,21 +217,7 @@ def draw_skelemix(x: torch.Tensor, parts: dict[str, Sequence[int]], gen: torch.G
     """
     _check_batch(x)
     n, _, t, v, _ = x.shape
-    groups = list(parts.values())
-
-    def randint(low: int, high: int) -> int:  # inclusive bounds
-        return int(torch.randint(low, high + 1, (1,), generator=gen, device=gen.device))
-
-    shift = randint(1, n - 1) if n > 1 else 0
-    partner = (torch.arange(n, device=x.device) + shift) % n
-    k_lo, k_hi = (min(max(k, 1), len(groups)) for k in num_parts)
-    chosen = torch.randperm(len(groups), generator=gen, device=gen.device)[:randint(k_lo, k_hi)]
-    joints = sorted(j for g in chosen.tolist() for j in groups[g])
-    b_lo, b_hi = (min(max(b, 1), blocks) for b in span_blocks)
-    span = randint(b_lo, b_hi)
-    first = randint(0, blocks - span)
-    start, stop = round(first * t / blocks), round((first + span) * t / blocks)
-    stop = max(stop, min(start + 1, t))  # a short T still pastes at least one frame
+    partner, joints, (start, stop) = draw_skelemix_region(n, t, parts, gen, num_parts, span_blocks, blocks, x.device)
     mixed = skelemix(x, x[partner], joints, (start, stop))
     lam = 1.0 - len(joints) * (stop - start) / (t * v)
     return mixed, partner, torch.full((n,), lam, dtype=x.dtype, device=x.device)

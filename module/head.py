@@ -13,7 +13,9 @@ parameters and prototype memory then train and are saved with the model.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -133,6 +135,18 @@ def last_unit(backbone: nn.Module) -> nn.Module:
                     "needs its last feature map")
 
 
+@contextlib.contextmanager
+def last_map(backbone: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within the block, every forward pass of ``backbone`` appends its last feature map
+    ``(N·M, C, T, V)`` (``last_unit``'s output) to the list it yields."""
+    maps: list[torch.Tensor] = []
+    handle = last_unit(backbone).register_forward_hook(lambda _m, _i, out: maps.append(out))
+    try:
+        yield maps
+    finally:
+        handle.remove()
+
+
 class PartAwareModel(SkeletonTextModel):
     """Part-aware alignment (after PURLS / STAR): beside the global embedding, the backbone's last
     feature map is averaged over time and over the joints of each body part (``module/parts.py``),
@@ -184,10 +198,6 @@ class PartAwareModel(SkeletonTextModel):
         return self.fuse(text, part_text.unsqueeze(1).expand(-1, len(self.part_names), -1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps: list[torch.Tensor] = []
-        handle = last_unit(self.backbone).register_forward_hook(lambda _m, _i, out: maps.append(out))
-        try:
+        with last_map(self.backbone) as maps:
             glob = self.head(self.backbone(self.stream(x)))
-        finally:
-            handle.remove()
         return self.fuse(glob, self.part_features(maps[-1], x.shape[0]))

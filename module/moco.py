@@ -2,11 +2,17 @@
 momentum copy of it that encodes the keys, and a queue of past keys as negatives.
 
 The query encoder is ``stream → backbone → projector`` (the backbone is any registered one; the
-projector an MLP ``D → D → dim`` as SkeletonCLR's ``mlp=True``); its weights are saved under
+projector an MLP ``D → D → dim`` with BatchNorm, as SkeleMixCLR's ``mlp=True``); its weights are saved under
 ``backbone.*`` like every model of the project, so ``init_from`` starts a classifier or a zero-shot
 model from them. The key encoder (``key_backbone``, ``key_projector``) gets no gradients: after
 every optimiser step its weights move towards the query encoder's, ``k ← m·k + (1 − m)·q``. The
 queue holds the last ``queue_size`` keys (unit vectors, ``(dim, K)``), replaced oldest first.
+
+SkeleMixCLR's mixed queries (``region_queries``): a SkeleMixed sequence's last feature map is
+averaged over the pasted region (joints × frames from the partner) and over its complement (the
+sequence's own), each through the projector; the pasted region's positive is the partner's key,
+the complement's its own key, and each has the other region's query (detached) as one more
+negative beside the queue (``net/skeletonclr_multi_swapv2.py``).
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from module.head import EncoderModel, InputStream
+from module.head import EncoderModel, InputStream, last_map
 
 
 class MoCoModel(EncoderModel):
@@ -40,7 +46,8 @@ class MoCoModel(EncoderModel):
         width = backbone.out_dim
         self.stream = stream or InputStream()
         self.backbone = backbone
-        self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, dim))
+        self.projector = nn.Sequential(nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True),
+                                       nn.Linear(width, dim))
         self.key_backbone = copy.deepcopy(backbone)
         self.key_projector = copy.deepcopy(self.projector)
         for p in self.key_parameters():
@@ -79,12 +86,33 @@ class MoCoModel(EncoderModel):
         self.queue[:, cols] = keys.T
         self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
 
-    def logits(self, q: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-        """``(N, P + K)``: each query against its ``P`` candidate positives ``(N, P, dim)`` and the queue,
-        divided by the temperature."""
-        pos = torch.einsum("nd,npd->np", q, positives)
-        neg = q @ self.queue.clone().detach()
-        return torch.cat([pos, neg], dim=1) / self.temperature
+    def region_queries(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The unit queries ``(N, dim)`` of the pasted region and of its complement of a SkeleMixed batch.
+
+        Args:
+            x: (N, C, T, V, M) the mixed sequences.
+            mask: (T, V), 1 where the sequence was pasted from its partner; resampled to the feature
+                map's (T', V) by area, so each feature cell weighs the share of it that was pasted.
+        """
+        with last_map(self.backbone) as maps:
+            self.backbone(self.stream(x))
+        fmap = maps[-1]  # (N·M, C, T', V)
+        w = F.adaptive_avg_pool2d(mask[None, None].to(fmap.dtype), fmap.shape[2:])[0, 0]  # (T', V)
+
+        def pooled(weight: torch.Tensor) -> torch.Tensor:
+            feat = (fmap * weight).sum(dim=(2, 3)) / weight.sum().clamp_min(1e-6)  # (N·M, C)
+            return F.normalize(self.projector(feat.view(x.shape[0], -1, feat.shape[1]).mean(dim=1)), dim=1)
+
+        return pooled(w), pooled(1.0 - w)
+
+    def logits(self, q: torch.Tensor, positive: torch.Tensor, extra_negative: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """``(N, 1 + K [+ 1])``: each query ``(N, dim)`` against its positive ``(N, dim)``, the queue and
+        optionally one more negative of its own ``(N, dim)``, divided by the temperature."""
+        cols = [(q * positive).sum(1, keepdim=True), q @ self.queue.clone().detach()]
+        if extra_negative is not None:
+            cols.append((q * extra_negative).sum(1, keepdim=True))
+        return torch.cat(cols, dim=1) / self.temperature
 
 
 def info_nce(logits: torch.Tensor) -> torch.Tensor:
@@ -92,8 +120,10 @@ def info_nce(logits: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
 
 
-def mixed_info_nce(logits: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """A mixed query's loss: its positives are the keys of both sources (columns 0 and 1), weighted by
-    the share each fills (``lam``, ``1 − lam``); the rest of the row is the queue."""
-    logp = F.log_softmax(logits, dim=1)
-    return -(lam * logp[:, 0] + (1.0 - lam) * logp[:, 1]).mean()
+def skelemix_loss(model: MoCoModel, x_mixed: torch.Tensor, mask: torch.Tensor, k: torch.Tensor,
+                  partner: torch.Tensor) -> torch.Tensor:
+    """SkeleMixCLR's loss of one mixed view, ``(L_p + L_c) / 2``: the pasted region against the
+    partner's key ``k[partner]``, the complement against the sequence's own key ``k``, each with
+    the other region's query (detached) as an extra negative."""
+    p, c = model.region_queries(x_mixed, mask)
+    return 0.5 * (info_nce(model.logits(p, k[partner], c.detach())) + info_nce(model.logits(c, k, p.detach())))

@@ -14,8 +14,9 @@ The sequences (``pretrain_on``):
 Labels are never read: the pretraining set's labels are replaced by -1 before the loop sees it.
 Per batch: two augmented views of every sequence (``aug_*``; SkeletonCLR: shear 0.5 and a
 temporal crop), the query of one against the key of the other and the queue (InfoNCE), plus,
-with ``moco_mix > 0``, a SkeleMix of the query view (body parts × a time span from a partner
-sequence) whose positives are the keys of both sources weighted by their shares. The last epoch
+with ``moco_mix > 0``, ``moco_mix_views`` SkeleMixes of the query view (body parts × a time span
+from a partner sequence of the batch): the pasted region's query against the partner's key, the
+complement's against the sequence's own (``module/moco.py``: ``skelemix_loss``). The last epoch
 is kept (``selection="last"``); with ``pretrain_on="protocol"`` a 1-nearest-neighbour top-1 of the
 test sequences against the training ones is logged each epoch as a monitor (``knn_top1_monitor``).
 """
@@ -26,7 +27,7 @@ from dataclasses import replace
 
 import torch
 
-from data.augment import draw_skelemix
+from data.augment import draw_skelemix_region, skelemix
 from data.catalog import get_dataset
 from data.loading import Subset, limit_per_class, load_zero_shot
 from data.supervised import load_supervised
@@ -39,7 +40,7 @@ from experiments.train.settings import Settings
 from experiments.train.steps import Objective, autocast, embed, place_subset
 from module import build_backbone
 from module.head import InputStream
-from module.moco import MoCoModel, info_nce, mixed_info_nce
+from module.moco import MoCoModel, info_nce, skelemix_loss
 from module.parts import body_parts
 
 log = logging.getLogger("pgfa")
@@ -83,7 +84,7 @@ def build_moco(s: Settings, n_train: int, batch_size: int) -> MoCoModel:
 
 def pretrain_objective(s: Settings, device: torch.device) -> Objective:
     """The contrastive loss of one batch (module docstring); ``y`` is never read."""
-    aug, layout, precision, mix = augmentation(s), s.model.graph_layout, s.run.precision, s.pretrain.mix
+    aug, layout, precision, p = augmentation(s), s.model.graph_layout, s.run.precision, s.pretrain
     parts = body_parts(layout)
 
     def objective(model: MoCoModel, x, y, generator):
@@ -93,12 +94,14 @@ def pretrain_objective(s: Settings, device: torch.device) -> Objective:
             q = model(xq).float()
             model.momentum_update()
             k = model.keys(xk).float()
-            loss = info_nce(model.logits(q, k[:, None]))
-            if mix > 0:
-                xm, partner, lam = draw_skelemix(xq, parts, generator)
-                qm = model(xm).float()
-                pos = torch.stack([k, k[partner.to(k.device)]], dim=1)
-                loss = loss + mix * mixed_info_nce(model.logits(qm, pos), lam.to(qm.device, torch.float32))
+            loss = info_nce(model.logits(q, k))
+            for _ in range(p.mix_views if p.mix > 0 else 0):  # SkeleMixCLR: L_ins + mix * sum (L_p + L_c) / 2
+                partner, joints, frames = draw_skelemix_region(x.shape[0], x.shape[2], parts, generator,
+                                                               device=x.device)
+                mask = torch.zeros(x.shape[2], x.shape[3], device=x.device)
+                mask[frames[0]:frames[1], joints] = 1.0
+                mixed = skelemix(xq, xq[partner], joints, frames)
+                loss = loss + p.mix * skelemix_loss(model, mixed, mask, k, partner.to(k.device))
         model.enqueue(k)
         return loss
 
@@ -157,7 +160,8 @@ def run_pretrain(cfg: dict, tracker: Tracker | None = None) -> dict:
         "final_train_loss": history[-1]["train_loss"] if history else None,
         "knn_top1_monitor": history[-1].get("knn_top1_monitor") if history else None,
         "moco": {"dim": s.pretrain.dim, "queue": int(model.queue.shape[1]), "momentum": s.pretrain.momentum,
-                 "temperature": s.pretrain.temperature, "mix": s.pretrain.mix},
+                 "temperature": s.pretrain.temperature, "mix": s.pretrain.mix,
+                 "mix_views": s.pretrain.mix_views},
         "train_seconds": round(outcome.train_seconds, 1), "batch_size": s.optim.batch_size,
         "epoch_seconds_mean": round(sum(h["epoch_seconds"] for h in history) / len(history), 2) if history else None,
         "checkpoint": str(outcome.checkpoint), **record,

@@ -193,8 +193,9 @@ class PretrainSettings:
     dim: int = 128
     queue: int | str = "auto"
     momentum: float = 0.999
-    temperature: float = 0.07
+    temperature: float = 0.2
     mix: float = 1.0           # weight of the SkeleMix queries' loss (0: plain SkeletonCLR)
+    mix_views: int = 1         # SkeleMixed views per batch (SkeleMixCLR+: 3)
 
 
 @dataclass(frozen=True)
@@ -248,7 +249,8 @@ class Settings:
             init=InitSettings(str(c["init_from"]), bool(c["freeze_backbone"])),
             pretrain=PretrainSettings(str(c["pretrain_on"]), bool(c["transductive"]), int(c["moco_dim"]),
                                       c["moco_queue"] if c["moco_queue"] == "auto" else int(c["moco_queue"]),
-                                      float(c["moco_momentum"]), float(c["moco_temperature"]), float(c["moco_mix"])),
+                                      float(c["moco_momentum"]), float(c["moco_temperature"]), float(c["moco_mix"]),
+                                      int(c["moco_mix_views"])),
         )
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from experiments.train.pretrain import pretrain_sets
 from experiments.train.settings import Settings
 from main import ex
-from module.moco import MoCoModel, info_nce, mixed_info_nce
+from module.moco import MoCoModel, info_nce, skelemix_loss
 
 OPTS = {"--loglevel": "ERROR"}
 
@@ -56,18 +56,51 @@ def test_the_queue_replaces_its_oldest_keys_and_wraps_around():
     assert torch.equal(model.queue, torch.zeros(2, 5))
 
 
-def test_contrastive_losses_on_a_hand_case():
+def test_contrastive_logits_and_loss_on_a_hand_case():
     model = MoCoModel(Pool(), dim=2, queue_size=2, temperature=0.5)
     with torch.no_grad():
         model.queue.copy_(torch.tensor([[0.0, -1.0], [1.0, 0.0]]))  # negatives (0, 1) and (-1, 0)
     q = torch.tensor([[1.0, 0.0]])
-    logits = model.logits(q, torch.tensor([[[1.0, 0.0], [0.0, 1.0]]]))
-    assert torch.allclose(logits, torch.tensor([[2.0, 0.0, 0.0, -2.0]]))  # cosines / 0.5
-    logp = torch.log_softmax(logits, 1)[0]
-    assert info_nce(logits).item() == pytest.approx(-logp[0].item())
-    assert mixed_info_nce(logits, torch.tensor([0.75])).item() == pytest.approx(
-        -(0.75 * logp[0] + 0.25 * logp[1]).item())
+    logits = model.logits(q, torch.tensor([[1.0, 0.0]]), torch.tensor([[0.6, 0.8]]))
+    assert torch.allclose(logits, torch.tensor([[2.0, 0.0, -2.0, 1.2]]))  # cosines / 0.5; the extra negative last
+    assert info_nce(logits).item() == pytest.approx(-torch.log_softmax(logits, 1)[0, 0].item())
     assert info_nce(torch.tensor([[10.0, -10.0]])).item() == pytest.approx(math.log1p(math.exp(-20)), abs=1e-6)
+
+
+class MapNet(nn.Module):
+    """A stand-in backbone with one unit that halves T: its map is the input averaged over frame pairs."""
+
+    out_dim = 3
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.AvgPool2d((2, 1))])
+
+    def forward(self, x):
+        n, c, t, v, m = x.shape
+        fmap = self.blocks[0](x.permute(0, 4, 1, 2, 3).reshape(n * m, c, t, v))
+        return fmap.mean(dim=(2, 3)).view(n, m, c).mean(dim=1)
+
+
+def test_region_queries_pool_the_pasted_cells_and_their_complement_by_area():
+    torch.manual_seed(0)
+    model = MoCoModel(MapNet(), dim=4, queue_size=3).eval()
+    x = torch.randn(2, 3, 4, 5, 1)
+    mask = torch.zeros(4, 5)
+    mask[0:1, [1, 3]] = 1.0  # frame 0 of 4 = half of feature frame 0, joints 1 and 3
+    p, c = model.region_queries(x, mask)
+    fmap = (x[:, :, 0::2] + x[:, :, 1::2])[..., 0] / 2  # (N, C, 2, 5)
+    w = torch.zeros(2, 5)
+    w[0, [1, 3]] = 0.5
+    want_p = (fmap * w).sum(dim=(2, 3)) / w.sum()
+    want_c = (fmap * (1 - w)).sum(dim=(2, 3)) / (1 - w).sum()
+    assert torch.allclose(p, torch.nn.functional.normalize(model.projector(want_p), dim=1), atol=1e-6)
+    assert torch.allclose(c, torch.nn.functional.normalize(model.projector(want_c), dim=1), atol=1e-6)
+    # the loss: the pasted region's positive is the partner's key, the complement's its own
+    k = torch.nn.functional.normalize(torch.randn(2, 4), dim=1)
+    partner = torch.tensor([1, 0])
+    want = 0.5 * (info_nce(model.logits(p, k[partner], c)) + info_nce(model.logits(c, k, p)))
+    assert skelemix_loss(model, x, mask, k, partner).item() == pytest.approx(want.item(), rel=1e-5)
 
 
 TINY = dict(dataset="demo", epoch_num=1, hidden_channels=4, out_channels=16, max_frame=8, batch_size=64,
