@@ -262,6 +262,8 @@ def config():
     protocol = ""  # "" = the dataset's standard (NW-UCLA xview, UTD-MHAD xsub, NTU xsub); or xview / xset
     label_smoothing = 0.0  # cross-entropy label smoothing
     val_fraction = 0.1  # share of each class's training samples held out (seeded by val_seed) for selection
+    aggregation = False  # SkeletonX: decoupled performer/action features, cross-sample aggregation (module/skeletonx.py)
+    aggregation_weight = 0.1  # the aggregated features' loss weight (SkeletonX's w_xsample)
 
     # val: select on validation data (zero-shot: held-out seen classes; supervised: the validation part)
     # test: on test accuracy (the original's / the published tables' best epoch; labelled in the result)

@@ -33,12 +33,14 @@ class SupervisedData:
     val: Subset | None
     test: Subset
     protocol: str
+    train_performer: np.ndarray | None = None  # the performer of each training sample, where the data names them
     record: dict = field(default_factory=dict)  # what the run's result records about its data (limit_per_class)
 
 
 def _demo_arrays(frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     samples = demo.generate(demo.DEFAULT_SEED, frames)
-    return samples["data"], samples["label"], np.isin(samples["subject"], demo.TRAIN_SUBJECTS), ["xsub"]
+    return (samples["data"], samples["label"], np.isin(samples["subject"], demo.TRAIN_SUBJECTS), ["xsub"],
+            np.asarray(samples["subject"]))
 
 
 def _prepared_arrays(data_root: str | Path, spec: DatasetSpec, protocol: str):
@@ -50,7 +52,10 @@ def _prepared_arrays(data_root: str | Path, spec: DatasetSpec, protocol: str):
     protocol = protocol or samples.protocols[0]
     train = samples.train_mask(protocol)  # an unknown protocol is refused here, naming the available ones
     x = np.concatenate(list(samples.iter_samples(np.ones(len(samples), bool))))
-    return x, samples.label, train, samples.protocols, protocol
+    named = [r.get("subject") for r in samples.rows]
+    performer = (np.unique([str(v) for v in named], return_inverse=True)[1].astype(np.int64)
+                 if all(v not in (None, "") for v in named) else np.full(len(named), -1, np.int64))  # -1: not named
+    return x, samples.label, train, samples.protocols, protocol, performer
 
 
 def load_supervised(data_root: str | Path, spec: DatasetSpec, protocol: str, frames: int, val_fraction: float,
@@ -66,12 +71,12 @@ def load_supervised(data_root: str | Path, spec: DatasetSpec, protocol: str, fra
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if spec.name == "demo":
-        x, y, train, protocols = _demo_arrays(spec.frames)
+        x, y, train, protocols, performer = _demo_arrays(spec.frames)
         if protocol not in ("", *protocols):
             raise ValueError(f"protocol {protocol!r} is not available for demo; choose one of {protocols}")
         protocol = protocols[0]
     else:
-        x, y, train, _, protocol = _prepared_arrays(data_root, spec, protocol)
+        x, y, train, _, protocol, performer = _prepared_arrays(data_root, spec, protocol)
     bad = np.flatnonzero((y < 0) | (y >= spec.num_classes))
     if bad.size:
         raise DataError(f"{spec.name}: sample {bad[0]} has class {y[bad[0]]} outside 0..{spec.num_classes - 1}")
@@ -96,4 +101,5 @@ def load_supervised(data_root: str | Path, spec: DatasetSpec, protocol: str, fra
         held = np.zeros(len(y), bool)
         held[np.flatnonzero(train)] = holdout_mask(y[train], val_fraction, val_seed)
         val, train = subset(held), train & ~held
-    return SupervisedData(subset(train), val, subset(test), protocol)
+    named = performer[train]
+    return SupervisedData(subset(train), val, subset(test), protocol, named if (named >= 0).all() else None)

@@ -7,6 +7,9 @@ every batch; the loop around it is the same for every track.
   class with weight ``lam`` and to its partner's with ``1 - lam``).
 * ``supervised_objective``: cross-entropy over the dataset's classes (label smoothing
   option); with SkeleMix, the same ``lam``-weighted mixed target.
+* ``aggregation_objective``: SkeletonX's cross-sample aggregation (``module/skeletonx.py``):
+  each sample with a same-action/other-performer and an other-action/same-performer partner
+  from the training set, and their swapped performer/action features classified too.
 
 FR-Head's loss needs class logits and labels: the classifier's logits in the supervised
 track; in the zero-shot tracks the scaled cosine similarities to the texts of the training
@@ -116,3 +119,37 @@ def supervised_objective(s: Settings, device: torch.device) -> Objective:
     return objective
 
 
+
+
+def aggregation_objective(s: Settings, device: torch.device, train_y: torch.Tensor, performers) -> Objective:
+    """SkeletonX's loss of one batch (``idx``: the batch's indices into the training set, whose labels
+    and performers are ``train_y`` and ``performers``): cross-entropy of the sample and of both
+    partners, plus ``aggregation_weight`` times that of the four aggregated features."""
+    import numpy as np
+
+    from module.skeletonx import pair_partners
+
+    aug, layout, precision, w = augmentation(s), s.model.graph_layout, s.run.precision, s.supervised.aggregation_weight
+    y_all = train_y.cpu()
+    labels, perf = y_all.numpy(), np.asarray(performers)
+    fallbacks = {"sadp_same_performer": 0, "dasp_same_action": 0}
+
+    def objective(model, x, y, generator, idx, data_x):
+        sadp, dasp, fell = pair_partners(labels, perf, idx.cpu().numpy())
+        for k, v in fell.items():
+            fallbacks[k] += v
+        views = [aug.apply(v, generator, layout)[0] for v in
+                 (x, data_x[torch.from_numpy(sadp).to(data_x.device)].to(device),
+                  data_x[torch.from_numpy(dasp).to(data_x.device)].to(device))]
+        y_s, y_d = y_all[torch.from_numpy(sadp)].to(device), y_all[torch.from_numpy(dasp)].to(device)
+        with autocast(device, precision):
+            (s_a, a_a), (s_s, a_s), (s_d, a_d) = (model.decouple(v) for v in views)
+            own = [F.cross_entropy(model.classify(sub, act).float(), target)
+                   for sub, act, target in ((s_a, a_a, y), (s_s, a_s, y_s), (s_d, a_d, y_d))]
+            cross = [F.cross_entropy(model.classify(sub, act).float(), target)
+                     for sub, act, target in ((s_d, a_a, y), (s_a, a_d, y_d), (s_s, a_a, y), (s_a, a_s, y_s))]
+        return sum(own) + w * sum(cross)
+
+    objective.wants_index = True
+    objective.fallbacks = fallbacks
+    return objective

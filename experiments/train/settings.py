@@ -99,6 +99,8 @@ class SupervisedSettings:
     protocol: str
     label_smoothing: float
     val_fraction: float
+    aggregation: bool = False        # SkeletonX's cross-sample aggregation (module/skeletonx.py)
+    aggregation_weight: float = 0.1  # its aggregated features' loss weight (SkeletonX's w_xsample)
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,8 @@ class Settings:
             augment=AugmentSettings(float(c["aug_rotate"]), float(c["aug_scale"]), float(c["aug_shear"]),
                                     _pair(c["aug_crop"], "aug_crop"), float(c["skelemix"]), str(c["aug_rotate_axes"])),
             fr=FRSettings(bool(c["fr_head"]), float(c["fr_weight"]), tuple(float(w) for w in c["fr_level_weights"])),
-            supervised=SupervisedSettings(str(c["protocol"]), float(c["label_smoothing"]), float(c["val_fraction"])),
+            supervised=SupervisedSettings(str(c["protocol"]), float(c["label_smoothing"]), float(c["val_fraction"]),
+                                          bool(c["aggregation"]), float(c["aggregation_weight"])),
             config=dict(cfg),
             average=average_settings(c),
             init=InitSettings(str(c["init_from"]), bool(c["freeze_backbone"])),

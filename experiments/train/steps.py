@@ -138,7 +138,10 @@ def train_epoch(model: torch.nn.Module, data: Subset, optimizer, objective: Obje
         idx = idx.to(data.x.device)  # resident data (place_subset) is indexed where it lives
         x = data.x[idx].to(device, non_blocking=True)
         y = data.y[idx].to(device, non_blocking=True)
-        loss = objective(model, x, y, generator)
+        if getattr(objective, "wants_index", False):  # a loss that draws partners from the whole set (SkeletonX)
+            loss = objective(model, x, y, generator, idx, data.x)
+        else:
+            loss = objective(model, x, y, generator)
         value = loss.item()  # one device sync per step, checked before the weights change
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} ({desc}); lower lr or check the data")

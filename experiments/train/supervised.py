@@ -25,7 +25,7 @@ from experiments.train.artifacts import (TEST_SCORES_FILE, class_names, plot_con
 from experiments.train.evaluate import Outcome
 from experiments.train.loop import EpochEval, resolve_device, seed_everything, train_and_select
 from experiments.train.metrics import balanced_accuracy, per_class_accuracy, top1, topk
-from experiments.train.objectives import check_objective, supervised_objective
+from experiments.train.objectives import aggregation_objective, check_objective, supervised_objective
 from experiments.train.settings import Settings
 from experiments.train.steps import autocast, embed, place_subset
 from experiments.train.prepare import attach_fr_head, backbone_kwargs, folder_of, start_encoder, with_batch_size
@@ -37,10 +37,28 @@ SUPERVISED_SELECTIONS = ("val", "test", "last")
 
 
 def build_classifier(s: Settings, num_classes: int) -> ClassifierModel:
+    """The classifier (``aggregation=True``: SkeletonX's decoupled one), with an FR-Head when asked."""
     m = s.model
     backbone = build_backbone(m.backbone, **backbone_kwargs(m))
     stream = InputStream(m.modality, m.graph_layout, m.input_norm)
+    if s.supervised.aggregation:
+        from module.skeletonx import DecoupleClassifier
+
+        return DecoupleClassifier(backbone, num_classes, stream)
     return attach_fr_head(ClassifierModel(backbone, num_classes, stream), s, num_classes)
+
+
+def training_objective(s: Settings, data: SupervisedData, device: torch.device):
+    """Cross-entropy (``supervised_objective``), or SkeletonX's aggregation loss, which needs every
+    training sample's performer."""
+    if not s.supervised.aggregation:
+        return supervised_objective(s, device)
+    if data.train_performer is None:
+        raise ValueError(f"aggregation=True pairs samples by performer, and {s.data.dataset}'s prepared samples "
+                         "do not name every sample's performer (subject)")
+    if s.fr.enabled or s.augment.skelemix:
+        raise ValueError("aggregation=True is its own training loss: set fr_head=False and skelemix=0")
+    return aggregation_objective(s, device, data.train.y, data.train_performer)
 
 
 def supervised_epoch_eval(s: Settings, data: SupervisedData, device: torch.device) -> EpochEval:
@@ -85,6 +103,8 @@ def run_supervised(cfg: dict, tracker: Tracker | None = None) -> dict:
     data = load_supervised(s.data.data_root, spec, s.supervised.protocol, s.data.max_frame,
                            s.supervised.val_fraction, s.data.val_seed)
     data.train, limited = limit_per_class(data.train, s.data.samples_per_class, s.data.samples_seed)
+    if limited and data.train_performer is not None:
+        data.train_performer = data.train_performer[limited["train_indices"]]
     device = resolve_device(s.run.device)
     autocast(device, s.run.precision)
     data.train = place_subset(data.train, device, s.run.data_on_device)
@@ -98,8 +118,11 @@ def run_supervised(cfg: dict, tracker: Tracker | None = None) -> dict:
     folder = folder_of(s)
     tracker.set_info("run_folder", str(folder))
     selection_key = "val_top1" if ev.selection == "val" else "test_top1_monitor"
-    outcome = train_and_select(s, data.train, model, device, tracker, generator, folder,
-                               supervised_objective(s, device), supervised_epoch_eval(s, data, device), selection_key)
+    objective = training_objective(s, data, device)
+    outcome = train_and_select(s, data.train, model, device, tracker, generator, folder, objective,
+                               supervised_epoch_eval(s, data, device), selection_key)
+    if s.supervised.aggregation:
+        data.record.update(aggregation_weight=s.supervised.aggregation_weight, pair_fallbacks=dict(objective.fallbacks))
     return supervised_report(s, data, model, device, tracker, outcome, spec.num_classes)
 
 
@@ -126,7 +149,7 @@ def supervised_report(s: Settings, data: SupervisedData, model: torch.nn.Module,
     result = {
         "dataset": s.data.dataset, "train_mode": s.run.train_mode, "protocol": data.protocol, "seed": s.run.seed,
         "tag": s.run.tag, "modality": s.model.modality, "backbone": s.model.backbone, "fr_head": s.fr.enabled,
-        "selection": ev.selection, "best_epoch": outcome.best_epoch,
+        "selection": ev.selection, "best_epoch": outcome.best_epoch, "aggregation": s.supervised.aggregation,
         ("best_val_top1" if ev.selection == "val" else "best_test_top1_selection"): outcome.best_score,
         "test_top1": top1(pred, labels), "test_top5": topk(scores, labels, 5),
         "test_per_class_mean": balanced_accuracy(pred, labels),
