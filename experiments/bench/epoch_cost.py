@@ -1,0 +1,75 @@
+"""Seconds per training epoch of the data-efficiency tracks, side by side in one process (not a test).
+
+    python -m experiments.bench.epoch_cost --dataset utd_mhad --epochs 3
+    python -m experiments.bench.epoch_cost --dataset demo --epochs 2 --samples-per-class 5
+
+Runs, one after the other on the same prepared data: the supervised track on N samples per
+class without and with SkeletonX's aggregation, self-supervised pretraining (MoCo with one
+SkeleMix view) on the protocol's training part, and the linear evaluation of a frozen encoder;
+each for ``--epochs`` epochs, unrecorded (no observer), and prints the mean seconds of the
+epochs after the first (the first pays one-time costs), the seconds per 1000 training
+sequences, and that per-sequence cost's ratio to the plain supervised epoch's. Ratios compare like with like only within one run on one CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+from experiments.bench.workloads import cpu_description
+
+
+def configs(dataset: str, n: int) -> dict[str, dict]:
+    """The tracks timed (name → config updates)."""
+    return {
+        f"supervised, {n}/class": {"train_mode": "supervised", "samples_per_class": n},
+        f"supervised, {n}/class + aggregation": {"train_mode": "supervised", "samples_per_class": n,
+                                                 "aggregation": True},
+        "pretrain (protocol train part)": {"train_mode": "pretrain", "pretrain_on": "protocol"},
+        "linear_eval (frozen encoder)": {"train_mode": "linear_eval"},
+    }
+
+
+def epoch_seconds(updates: dict, dataset: str, epochs: int, out: Path) -> tuple[float, int]:
+    """Mean seconds of the epochs after the first, and the training-set size."""
+    from main import ex
+
+    cfg = {"dataset": dataset, "epoch_num": epochs, "warmup_epochs": 1, "lr_steps": [], "monitor_unseen": False,
+           "out_dir": str(out), **updates}
+    with contextlib.redirect_stdout(io.StringIO()):  # each run's end summary
+        run = ex.run(config_updates=cfg, options={"--loglevel": "ERROR"})
+    history = torch.load(out / "last.pt", weights_only=False)["history"]
+    times = [h["epoch_seconds"] for h in history]
+    res = run.result
+    n = res.get("num_train_samples") or res.get("num_pretrain_sequences")
+    return statistics.mean(times[1:] if len(times) > 1 else times), int(n)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="demo")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--samples-per-class", type=int, default=10)
+    args = ap.parse_args(argv)
+    logging.getLogger("pgfa").setLevel(logging.WARNING)
+    print(f"{args.dataset}: seconds per epoch, {args.epochs} epochs each (mean of epochs 2+), "
+          f"{cpu_description()}, {torch.get_num_threads()} threads")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, updates) in enumerate(configs(args.dataset, args.samples_per_class).items()):
+            sec, n = epoch_seconds(updates, args.dataset, args.epochs, Path(tmp) / f"r{i}")
+            rows.append((name, sec, n))
+            print(f"  {name:40s} {sec:7.2f} s  ({n} training sequences, {1000 * sec / n:.2f} s per 1000)", flush=True)
+    base = rows[0][1] / rows[0][2]
+    print("per training sequence, against the plain supervised epoch: "
+          + ", ".join(f"{name}: {sec / n / base:.2f}x" for name, sec, n in rows))
+
+
+if __name__ == "__main__":
+    main()
