@@ -82,3 +82,35 @@ def two_cli_runs(text_root, tmp_path_factory):
     logs = [(tmp / f"run{i}.log").read_text() for i in range(2)]
     yield {"tracking": tracking, "codes": codes, "logs": logs, "info": dbserver.read_server_state(tracking), "env": env}
     dbserver.stop(tracking)
+
+
+class Interrupted(Exception):
+    """Raised by ``stop_after_first_epoch`` where a kill would have struck."""
+
+
+@pytest.fixture
+def stop_after_first_epoch(monkeypatch):
+    """While on (from the start), a run stops (``Interrupted``) right after epoch 1's ``last.pt`` is
+    written, as a kill would; ``.off()`` lets runs go on, ``.on()`` arms it again."""
+    from experiments.train import loop
+
+    real = loop.save_state
+
+    def save_then_stop(path, **kw):
+        real(path, **kw)
+        if kw["next_epoch"] == 1:
+            raise Interrupted
+
+    class Switch:
+        error = Interrupted
+
+        @staticmethod
+        def off():
+            monkeypatch.setattr(loop, "save_state", real)
+
+        @staticmethod
+        def on():
+            monkeypatch.setattr(loop, "save_state", save_then_stop)
+
+    Switch.on()
+    return Switch

@@ -3,7 +3,6 @@ best.pt and recorded in the result; a resumed averaging run equals an uninterrup
 import pytest
 import torch
 
-import experiments.train.loop as loop
 from main import ex
 
 TINY = dict(text_model="minilm", text_kind="labels", epoch_num=2, hidden_channels=4, out_channels=16, max_frame=8,
@@ -70,25 +69,15 @@ def test_swa_epochs_before_the_start_are_evaluated_raw_and_not_selected(text_roo
     assert res["best_epoch"] == 1 and load(res["checkpoint"])["metrics"]["weights"] == "swa"
 
 
-class Interrupted(Exception):
-    pass
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("averaging", [dict(weight_average="ema"), dict(weight_average="swa", swa_start=0.0)])
-def test_resumed_averaging_run_equals_the_uninterrupted_one(text_root, tmp_path, monkeypatch, averaging):
+def test_resumed_averaging_run_equals_the_uninterrupted_one(text_root, tmp_path, stop_after_first_epoch, averaging):
+    stop_after_first_epoch.off()
     ref = run(text_root, tmp_path / "ref", **averaging)
-    real = loop.save_state
-
-    def save_then_stop(path, **kw):  # a kill right after epoch 1's last.pt is written
-        real(path, **kw)
-        if kw["next_epoch"] == 1:
-            raise Interrupted
-
-    monkeypatch.setattr(loop, "save_state", save_then_stop)
-    with pytest.raises(Interrupted):
+    stop_after_first_epoch.on()
+    with pytest.raises(stop_after_first_epoch.error):
         run(text_root, tmp_path / "victim", **averaging)
-    monkeypatch.setattr(loop, "save_state", real)
+    stop_after_first_epoch.off()
     resumed = run(text_root, tmp_path / "victim", resume=str(tmp_path / "victim"), **averaging)
     assert {k: v for k, v in resumed.items() if k not in DROP} == {k: v for k, v in ref.items() if k not in DROP}
     a, b = load(tmp_path / "ref" / "last.pt"), load(tmp_path / "victim" / "last.pt")

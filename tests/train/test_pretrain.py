@@ -140,34 +140,23 @@ def test_pretrain_then_linear_eval_and_zero_shot_from_its_encoder(text_root, tmp
         ex.run(config_updates={**base, "train_mode": "test", "checkpoint": pre["checkpoint"]}, options=OPTS)
 
 
-class Interrupted(Exception):
-    pass
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("updates", [dict(train_mode="pretrain", pretrain_on="protocol"),
                                      dict(train_mode="supervised", aggregation=True, samples_per_class=4)],
                          ids=["pretrain", "aggregation"])
-def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(text_root, tmp_path, monkeypatch, updates):
-    from experiments.train import loop
-
+def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(text_root, tmp_path, stop_after_first_epoch,
+                                                                  updates):
     cfg = {**TINY, "data_root": str(text_root), "epoch_num": 2, **updates}
 
     def train(folder, **more):
         return ex.run(config_updates={**cfg, "out_dir": str(folder), **more}, options=OPTS).result
 
+    stop_after_first_epoch.off()
     ref = train(tmp_path / "ref")
-    real = loop.save_state
-
-    def save_then_stop(path, **kw):  # a kill right after epoch 1's last.pt is written
-        real(path, **kw)
-        if kw["next_epoch"] == 1:
-            raise Interrupted
-
-    monkeypatch.setattr(loop, "save_state", save_then_stop)
-    with pytest.raises(Interrupted):
+    stop_after_first_epoch.on()
+    with pytest.raises(stop_after_first_epoch.error):
         train(tmp_path / "victim")
-    monkeypatch.setattr(loop, "save_state", real)
+    stop_after_first_epoch.off()
     resumed = train(tmp_path / "victim", resume=str(tmp_path / "victim"))
     a = torch.load(ref["checkpoint"], weights_only=True)["model"]
     b = torch.load(resumed["checkpoint"], weights_only=True)["model"]
