@@ -262,8 +262,6 @@ def config():
     protocol = ""  # "" = the dataset's standard (NW-UCLA xview, UTD-MHAD xsub, NTU xsub); or xview / xset
     label_smoothing = 0.0  # cross-entropy label smoothing
     val_fraction = 0.1  # share of each class's training samples held out (seeded by val_seed) for selection
-    aggregation = False  # SkeletonX: decoupled performer/action features, cross-sample aggregation (module/skeletonx.py)
-    aggregation_weight = 0.1  # the aggregated features' loss weight (SkeletonX's w_xsample)
 
     # val: select on validation data (zero-shot: held-out seen classes; supervised: the validation part)
     # test: on test accuracy (the original's / the published tables' best epoch; labelled in the result)
@@ -287,6 +285,10 @@ def config():
     # Limited scale (SkeletonX's protocol): N training samples per class, drawn seeded (0 = all); recorded
     samples_per_class = 0
     samples_seed = 0  # the draw's seed (fixed across training seeds: the seeds then vary the training only)
+    # SkeletonX (module/skeletonx.py), any training track: decoupled performer/action features, each sample
+    # paired with same-action/other-performer and other-action/same-performer samples, swapped features scored
+    aggregation = False
+    aggregation_weight = 0.1  # the aggregated features' loss weight (SkeletonX's w_xsample)
     # Encoder initialisation (experiments/train/init.py): a run id, run folder or checkpoint whose encoder
     # weights (backbone.*) start this run, e.g. a train_mode="pretrain" run; freeze_backbone: train the heads only
     init_from = ""

@@ -29,6 +29,26 @@ def part_paths(split_dir: str | Path, part: str) -> tuple[Path, Path]:
     return d / f"{part}_data.npy", d / f"{part}_label.npy"
 
 
+def performer_path(split_dir: str | Path, part: str) -> Path:
+    """The optional ``<part>_performer.npy``: an int64 performer (subject) index per sample, in the
+    part's order, where the dataset names its performers (SkeletonX's pairing)."""
+    return Path(split_dir) / f"{part}_performer.npy"
+
+
+def load_performers(split_dir: str | Path, part: str, n: int) -> np.ndarray | None:
+    """A part's performers (None where the split has none), checked against its ``n`` samples."""
+    path = performer_path(split_dir, part)
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npy ({exc})") from None
+    if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"{path}: expected {n} integer performer ids (one per sample), got {arr.dtype} {arr.shape}")
+    return arr.astype(np.int64)
+
+
 @dataclass(frozen=True)
 class ArraySpec:
     """What a dataset's arrays must look like."""

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from data.arrays import part_paths, save_part
+from data.arrays import part_paths, performer_path, save_npy_atomic, save_part
 from data.catalog import dataset_splits, split_dir
 
 PARTS = ("left_arm", "right_arm", "left_leg", "right_leg", "both_arms")
 MOVEMENTS = ("raise_forward", "raise_sideways", "circle", "shake", "bend", "swing")
 NUM_CLASSES = len(PARTS) * len(MOVEMENTS)
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: seen_train_performer.npy
 DEFAULT_SEED = 0
 TRAIN_SUBJECTS = tuple(range(8))   # cross-subject protocol, as for NTU
 TEST_SUBJECTS = tuple(range(8, 12))
@@ -222,6 +222,7 @@ def prepare(root: str | Path, seed: int = DEFAULT_SEED, frames: int = 50) -> lis
         for part, mask in (("seen_train", train_subj & ~unseen), ("seen_test", ~train_subj & ~unseen),
                            ("unseen", ~train_subj & unseen)):
             save_part(d, part, samples["data"][mask], samples["label"][mask])
+        save_npy_atomic(performer_path(d, "seen_train"), np.asarray(samples["subject"], np.int64)[train_subj & ~unseen])
         with open(d / "meta.json", "w") as f:
             json.dump(_meta(seed, frames), f)
         written.append(d)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from data import demo
-from data.arrays import ArraySpec, DataError, load_part, part_paths
+from data.arrays import ArraySpec, DataError, load_part, load_performers, part_paths
 from data.catalog import DatasetSpec, split_dir
 
 log = logging.getLogger("pgfa")
@@ -44,6 +44,7 @@ class ZeroShotData:
     seen_test: Subset | None
     val_seen: Subset | None = None
     record: dict = field(default_factory=dict)  # what the run's result records about its data (limit_per_class)
+    train_performer: np.ndarray | None = None  # each training sample's performer, where the split names them  # what the run's result records about its data (limit_per_class)
 
 
 def resample_time(x: np.ndarray, frames: int, chunk: int = 1024) -> np.ndarray:
@@ -141,6 +142,7 @@ def load_zero_shot(data_root: str | Path, spec: DatasetSpec, split: str | int, u
     x, y = load_part(d, "seen_train", arr, allowed=seen, required=set(val) if use_val else None,
                      hint=spec.prepare)
     ux, uy = load_part(d, "unseen", arr, allowed=unseen_set, required=unseen_set, hint=spec.prepare)
+    performer = load_performers(d, "seen_train", len(y))
 
     def subset(xs: np.ndarray, ys: np.ndarray, classes: list[int]) -> Subset:
         with warnings.catch_warnings():  # read-only memory maps stay so: nothing writes to the samples
@@ -152,6 +154,7 @@ def load_zero_shot(data_root: str | Path, spec: DatasetSpec, split: str | int, u
         train_classes = sorted(seen - set(val))
         train = subset(x[~is_val], y[~is_val], train_classes)
         val_set = subset(x[is_val], y[is_val], list(val))
+        performer = None if performer is None else performer[~is_val]
     else:
         train, val_set = subset(x, y, sorted(seen)), None
     if len(train) == 0:
@@ -161,12 +164,14 @@ def load_zero_shot(data_root: str | Path, spec: DatasetSpec, split: str | int, u
         keep = holdout_mask(train.y.numpy(), holdout, holdout_seed)
         val_seen = Subset(train.x[torch.from_numpy(keep)], train.y[torch.from_numpy(keep)], train.classes)
         train = Subset(train.x[torch.from_numpy(~keep)], train.y[torch.from_numpy(~keep)], train.classes)
+        performer = None if performer is None else performer[~keep]
 
     seen_test = None
     if all(p.is_file() for p in part_paths(d, "seen_test")):
         sx, sy = load_part(d, "seen_test", arr, allowed=seen, hint=spec.prepare)
         seen_test = subset(sx, sy, sorted(seen))
-    return ZeroShotData(train, val_set, subset(ux, uy, sorted(unseen)), seen_test, val_seen)
+    return ZeroShotData(train, val_set, subset(ux, uy, sorted(unseen)), seen_test, val_seen,
+                        train_performer=performer)
 
 
 def _layout_joints(layout: str) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.arrays import PARTS, part_paths, save_npy_atomic, write_npy_chunks
+from data.arrays import PARTS, part_paths, performer_path, save_npy_atomic, write_npy_chunks
 from data.catalog import (dataset_root, dataset_splits, default_val_count, draw_val_classes, get_dataset, split_dir,
                           split_spec)
 from data.raw import Source
@@ -71,6 +71,8 @@ def write_split(samples: SampleSet, data_root: str | Path, dataset: str, split: 
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
         wanted = [p for part in PARTS if masks[part].any() for p in part_paths(d, part)]
+        if samples.performers is not None and masks["seen_train"].any():
+            wanted.append(performer_path(d, "seen_train"))
         if {key: old.get(key) for key in meta} == meta and all(p.is_file() for p in wanted):
             log(f"{d}: up to date")
             return d
@@ -87,6 +89,8 @@ def write_split(samples: SampleSet, data_root: str | Path, dataset: str, split: 
             continue
         write_npy_chunks(data_path, (n, *samples.sample_shape), np.float32, samples.iter_samples(masks[part]))
         save_npy_atomic(label_path, label[masks[part]])
+        if part == "seen_train" and samples.performers is not None:
+            save_npy_atomic(performer_path(d, part), samples.performers[masks[part]])
     meta["counts"] = counts
     write_text_atomic(meta_path, json.dumps(meta, indent=1) + "\n")
     log(f"{d}: seen_train {counts['seen_train']}, seen_test {counts['seen_test']}, unseen {counts['unseen']} samples "

@@ -114,6 +114,10 @@ class SampleSet:
         self.shard = np.asarray(shard_of, np.int64)
         self.row = np.asarray(row_of, np.int64)
         self.label = np.asarray([r["label"] for r in self.rows], np.int64)
+        named = [r.get("subject") for r in self.rows]
+        # each sample's performer as an index (None unless every sample names one)
+        self.performers = (np.unique([str(v) for v in named], return_inverse=True)[1].astype(np.int64)
+                           if named and all(v not in (None, "") for v in named) else None)
         self.sample_shape = tuple(self.manifest["sample_shape"])
 
     def __len__(self) -> int:

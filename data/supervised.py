@@ -52,9 +52,7 @@ def _prepared_arrays(data_root: str | Path, spec: DatasetSpec, protocol: str):
     protocol = protocol or samples.protocols[0]
     train = samples.train_mask(protocol)  # an unknown protocol is refused here, naming the available ones
     x = np.concatenate(list(samples.iter_samples(np.ones(len(samples), bool))))
-    named = [r.get("subject") for r in samples.rows]
-    performer = (np.unique([str(v) for v in named], return_inverse=True)[1].astype(np.int64)
-                 if all(v not in (None, "") for v in named) else np.full(len(named), -1, np.int64))  # -1: not named
+    performer = samples.performers if samples.performers is not None else np.full(len(samples), -1, np.int64)
     return x, samples.label, train, samples.protocols, protocol, performer
 
 

@@ -5,7 +5,8 @@
   performer ("subject") feature, the mean over time through a 1×1 conv ``C → C/2`` + BN + ReLU,
   pooled over joints, and an action feature, the mean over joints through its own 1×1 conv +
   BN + ReLU, pooled over time; their concatenation ``[subject, action]`` (averaged over persons)
-  goes to the classifier. This is also the model at test time.
+  goes to the classifier (``DecoupleClassifier``) or the text head (``DecoupleTextModel``). This
+  is also the model at test time.
 * ``pair_partners``: for every training sample, a partner with the same action and another
   performer (SADP) and one with another action and the same performer (DASP), drawn from the
   whole training set; where none exists, SkeletonX's fallback (SADP: the same performer; DASP:
@@ -20,27 +21,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from module.head import EncoderModel, InputStream, last_map
+from module.head import EncoderModel, InputStream, SkeletonTextModel, last_map
 
 
 def _branch(channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(channels, channels // 2, 1), nn.BatchNorm2d(channels // 2), nn.ReLU(inplace=True))
 
 
-class DecoupleClassifier(EncoderModel):
-    """Backbone → (performer feature, action feature) → linear classifier (module docstring)."""
+class DecoupledFeatures:
+    """The performer / action decoupling of a model with ``backbone`` and ``stream`` (module docstring);
+    ``from_parts(subject, action)`` is the model's output for a (possibly swapped) pair."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, stream: InputStream | None = None):
-        super().__init__()
-        width = backbone.out_dim
+    def _add_branches(self, width: int) -> int:
         if width < 2:
             raise ValueError(f"SkeletonX's decoupling halves the backbone's {width} channels; it needs at least 2")
-        self.stream = stream or InputStream()
-        self.backbone = backbone
         self.subject_branch = _branch(width)
         self.action_branch = _branch(width)
-        self.fc = nn.Linear(2 * (width // 2), num_classes)
-        self.num_classes = num_classes
+        return 2 * (width // 2)
 
     def decouple(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, C/2)`` performer and action features of ``x`` ``(N, C, T, V, M)``."""
@@ -52,11 +49,34 @@ class DecoupleClassifier(EncoderModel):
         n = x.shape[0]
         return subject.view(n, -1, subject.shape[1]).mean(dim=1), action.view(n, -1, action.shape[1]).mean(dim=1)
 
-    def classify(self, subject: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.from_parts(*self.decouple(x))
+
+
+class DecoupleClassifier(DecoupledFeatures, EncoderModel):
+    """Backbone → (performer, action) features → linear classifier (the supervised track)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, stream: InputStream | None = None):
+        super().__init__()
+        self.stream = stream or InputStream()
+        self.backbone = backbone
+        self.fc = nn.Linear(self._add_branches(backbone.out_dim), num_classes)
+        self.num_classes = num_classes
+
+    def from_parts(self, subject: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.cat([subject, action], dim=1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(*self.decouple(x))
+
+class DecoupleTextModel(DecoupledFeatures, SkeletonTextModel):
+    """Backbone → (performer, action) features → linear head into the text space (the zero-shot and
+    one-shot tracks); the temperature as ``SkeletonTextModel``'s."""
+
+    def __init__(self, backbone: nn.Module, text_dim: int, **kwargs):
+        super().__init__(backbone, text_dim, **kwargs)
+        self.head = nn.Linear(self._add_branches(backbone.out_dim), text_dim)
+
+    def from_parts(self, subject: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([subject, action], dim=1))
 
 
 def pair_partners(labels: np.ndarray, performers: np.ndarray, idx: np.ndarray, choose=np.random.choice

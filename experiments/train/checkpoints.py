@@ -28,7 +28,7 @@ FETCH_DIR = RUNS_DIR / "fetched"
 MODEL_KEYS = (
     "backbone", "modality", "input_norm", "in_channels", "hidden_channels", "out_channels", "dropout", "graph_layout", "graph_strategy",
     "max_hop", "edge_importance", "temporal_kernel", "num_person", "text_kind", "text_model", "text_dim",
-    "init_temperature", "learn_temperature", "max_frame", "part_align", "part_weight", "part_text_kind",
+    "init_temperature", "learn_temperature", "max_frame", "part_align", "part_weight", "part_text_kind", "aggregation",
 )
 
 

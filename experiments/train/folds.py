@@ -29,7 +29,7 @@ from data.catalog import get_dataset
 from experiments.tracking.tracker import Tracker
 from experiments.train.evaluate import Outcome, final_report
 from experiments.train.loop import seed_everything, train_and_select
-from experiments.train.objectives import zero_shot_objective
+from experiments.train.objectives import zero_shot_training
 from experiments.train.prepare import folder_of, prepare_run, with_batch_size, zero_shot_epoch_eval
 from experiments.train.settings import Settings
 
@@ -114,8 +114,7 @@ def run_folds(s: Settings, tracker: Tracker) -> dict:
         log.info("fold %d/%d: validation classes %s, training on %d classes", i, len(folds), val,
                  len(data.train.classes))
         outcome = train_and_select(fs, data.train, model, device, FoldTracker(tracker, i), generator,
-                                   folder / f"fold{i}", zero_shot_objective(fs, text.to(device), data.train.classes,
-                                                                            device),
+                                   folder / f"fold{i}", zero_shot_training(fs, data, text.to(device), device),
                                    zero_shot_epoch_eval(fs, data, text, device), "val_top1")
         curves.append([h["val_top1"] for h in outcome.history])
         selectable.append([h.get("averaged", 1.0) == 1.0 for h in outcome.history])
@@ -129,7 +128,7 @@ def run_folds(s: Settings, tracker: Tracker) -> dict:
     data, text, model, device = prepare_run(s)  # selection="folds": no classes held out
     s = with_batch_size(s, len(data.train))
     outcome = train_and_select(s, data.train, model, device, tracker, generator, folder,
-                               zero_shot_objective(s, text.to(device), data.train.classes, device),
+                               zero_shot_training(s, data, text.to(device), device),
                                zero_shot_epoch_eval(s, data, text, device), "val_top1", stop_epoch=best + 1)
     outcome = Outcome(best, float(mean[best]), outcome.train_seconds, outcome.checkpoint, outcome.history)
     result = final_report(s, data, text, model, device, tracker, outcome)

@@ -7,9 +7,9 @@ every batch; the loop around it is the same for every track.
   class with weight ``lam`` and to its partner's with ``1 - lam``).
 * ``supervised_objective``: cross-entropy over the dataset's classes (label smoothing
   option); with SkeleMix, the same ``lam``-weighted mixed target.
-* ``aggregation_objective``: SkeletonX's cross-sample aggregation (``module/skeletonx.py``):
-  each sample with a same-action/other-performer and an other-action/same-performer partner
-  from the training set, and their swapped performer/action features classified too.
+* ``aggregation_objective``: SkeletonX's cross-sample aggregation (``module/skeletonx.py``), any
+  track: each sample with a same-action/other-performer and an other-action/same-performer
+  partner from the training set, and their swapped performer/action features scored too.
 
 FR-Head's loss needs class logits and labels: the classifier's logits in the supervised
 track; in the zero-shot tracks the scaled cosine similarities to the texts of the training
@@ -121,10 +121,12 @@ def supervised_objective(s: Settings, device: torch.device) -> Objective:
 
 
 
-def aggregation_objective(s: Settings, device: torch.device, train_y: torch.Tensor, performers) -> Objective:
+def aggregation_objective(s: Settings, device: torch.device, train_y: torch.Tensor, performers,
+                          criterion) -> Objective:
     """SkeletonX's loss of one batch (``idx``: the batch's indices into the training set, whose labels
-    and performers are ``train_y`` and ``performers``): cross-entropy of the sample and of both
-    partners, plus ``aggregation_weight`` times that of the four aggregated features."""
+    and performers are ``train_y`` and ``performers``): the track's ``criterion(model, output, labels)``
+    of the sample and of both partners, plus ``aggregation_weight`` times that of the four
+    aggregated features (``model.from_parts(performer, action)``, labelled with the action)."""
     import numpy as np
 
     from module.skeletonx import pair_partners
@@ -144,12 +146,41 @@ def aggregation_objective(s: Settings, device: torch.device, train_y: torch.Tens
         y_s, y_d = y_all[torch.from_numpy(sadp)].to(device), y_all[torch.from_numpy(dasp)].to(device)
         with autocast(device, precision):
             (s_a, a_a), (s_s, a_s), (s_d, a_d) = (model.decouple(v) for v in views)
-            own = [F.cross_entropy(model.classify(sub, act).float(), target)
+            own = [criterion(model, model.from_parts(sub, act).float(), target)
                    for sub, act, target in ((s_a, a_a, y), (s_s, a_s, y_s), (s_d, a_d, y_d))]
-            cross = [F.cross_entropy(model.classify(sub, act).float(), target)
+            cross = [criterion(model, model.from_parts(sub, act).float(), target)
                      for sub, act, target in ((s_d, a_a, y), (s_a, a_d, y_d), (s_s, a_a, y), (s_a, a_s, y_s))]
         return sum(own) + w * sum(cross)
 
     objective.wants_index = True
     objective.fallbacks = fallbacks
     return objective
+
+
+def check_aggregation(s: Settings, performers) -> None:
+    """``aggregation=True`` needs every training sample's performer and is its own loss."""
+    if performers is None:
+        raise ValueError(f"aggregation=True pairs samples by performer, and {s.data.dataset}'s prepared data does not "
+                         "name every training sample's performer (subject); prepare it again with this version "
+                         "(split folders then hold seen_train_performer.npy)")
+    if s.fr.enabled or s.augment.skelemix or s.model.part_align:
+        raise ValueError("aggregation=True is its own model and loss: set fr_head=False, skelemix=0, part_align=False")
+
+
+def zero_shot_training(s: Settings, data, text: torch.Tensor, device: torch.device) -> Objective:
+    """The zero-shot tracks' objective for ``data`` (``ZeroShotData``): ``zero_shot_objective``, or with
+    ``aggregation=True`` SkeletonX's aggregation scored by the skeleton–text loss."""
+    if not s.supervised.aggregation:
+        return zero_shot_objective(s, text, data.train.classes, device)
+    check_aggregation(s, data.train_performer)
+    loss_fn, kw = get_loss(s.loss.name), s.loss.kwargs()
+    return aggregation_objective(s, device, data.train.y, data.train_performer,
+                                 lambda model, emb, target: loss_fn(emb, text[target], target, model.scale(), **kw))
+
+
+def aggregation_record(s: Settings, objective: Objective) -> dict:
+    """What a run's result records of its aggregation (nothing without it)."""
+    if not s.supervised.aggregation:
+        return {}
+    return {"aggregation": True, "aggregation_weight": s.supervised.aggregation_weight,
+            "pair_fallbacks": dict(objective.fallbacks)}

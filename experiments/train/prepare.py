@@ -27,11 +27,16 @@ log = logging.getLogger("pgfa")
 SELECTIONS = ("val", "test", "folds")
 
 
-def build_model(m: ModelSettings) -> SkeletonTextModel:
-    """The input stream, the backbone (its factory gets exactly its own entries, by name) and the text head."""
+def build_model(m: ModelSettings, aggregation: bool = False) -> SkeletonTextModel:
+    """The input stream, the backbone (its factory gets exactly its own entries, by name) and the text
+    head (``aggregation``: SkeletonX's decoupled one, ``module/skeletonx.py``)."""
     backbone = build_backbone(m.backbone, **backbone_kwargs(m))
     kwargs = dict(init_temperature=m.init_temperature, learn_temperature=m.learn_temperature,
                   stream=InputStream(m.modality, m.graph_layout, m.input_norm))
+    if aggregation:
+        from module.skeletonx import DecoupleTextModel
+
+        return DecoupleTextModel(backbone, m.text_dim, **kwargs)
     if m.part_align:
         from module.graph import get_layout
         from module.parts import body_parts
@@ -103,7 +108,9 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
     if s.run.train_mode == "one_shot":
         pick_exemplars(data.unseen.y, data.unseen.classes, s.eval.exemplar_seed)  # every class needs 2+ samples
     data.train, limited = limit_per_class(data.train, d.samples_per_class, d.samples_seed)
-    model = build_model(s.model)
+    if limited and data.train_performer is not None:
+        data.train_performer = data.train_performer[limited["train_indices"]]
+    model = build_model(s.model, s.supervised.aggregation)
     data.record.update(limited, **start_encoder(s, model))
     text = class_texts(s, model, spec.num_classes)
     device = resolve_device(s.run.device)

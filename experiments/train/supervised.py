@@ -15,6 +15,7 @@ import logging
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from data.catalog import get_dataset
 from data.loading import limit_per_class
@@ -22,10 +23,12 @@ from data.supervised import SupervisedData, load_supervised
 from experiments.tracking.tracker import NullTracker, Tracker
 from experiments.train.artifacts import (TEST_SCORES_FILE, class_names, plot_confusion, plot_curves, save_scores,
                                          write_per_class_csv)
+from experiments.train.averaging import recompute_batchnorm
 from experiments.train.evaluate import Outcome
 from experiments.train.loop import EpochEval, resolve_device, seed_everything, train_and_select
 from experiments.train.metrics import balanced_accuracy, per_class_accuracy, top1, topk
-from experiments.train.objectives import aggregation_objective, check_objective, supervised_objective
+from experiments.train.objectives import (aggregation_objective, aggregation_record, check_aggregation, check_objective,
+                                          supervised_objective)
 from experiments.train.settings import Settings
 from experiments.train.steps import autocast, embed, place_subset
 from experiments.train.prepare import attach_fr_head, backbone_kwargs, folder_of, start_encoder, with_batch_size
@@ -49,16 +52,12 @@ def build_classifier(s: Settings, num_classes: int) -> ClassifierModel:
 
 
 def training_objective(s: Settings, data: SupervisedData, device: torch.device):
-    """Cross-entropy (``supervised_objective``), or SkeletonX's aggregation loss, which needs every
-    training sample's performer."""
+    """Cross-entropy (``supervised_objective``), or SkeletonX's aggregation loss with cross-entropy."""
     if not s.supervised.aggregation:
         return supervised_objective(s, device)
-    if data.train_performer is None:
-        raise ValueError(f"aggregation=True pairs samples by performer, and {s.data.dataset}'s prepared samples "
-                         "do not name every sample's performer (subject)")
-    if s.fr.enabled or s.augment.skelemix:
-        raise ValueError("aggregation=True is its own training loss: set fr_head=False and skelemix=0")
-    return aggregation_objective(s, device, data.train.y, data.train_performer)
+    check_aggregation(s, data.train_performer)
+    return aggregation_objective(s, device, data.train.y, data.train_performer,
+                                 lambda model, logits, target: F.cross_entropy(logits, target))
 
 
 def supervised_epoch_eval(s: Settings, data: SupervisedData, device: torch.device) -> EpochEval:
@@ -111,6 +110,10 @@ def run_supervised(cfg: dict, tracker: Tracker | None = None) -> dict:
     model = build_classifier(s, spec.num_classes)
     data.record.update(limited, **start_encoder(s, model))
     model = model.to(device)
+    if s.init.freeze and not s.init.source:  # a frozen random encoder: BatchNorm statistics of the data, not (0, 1)
+        recompute_batchnorm(model, data.train.x, batch_size=s.eval.batch_size, device=device,
+                            precision=s.run.precision)
+        data.record["encoder_batchnorm"] = "random encoder; BatchNorm statistics from one pass over the training data"
     log.info("supervised %s (%s): train %d | val %s | test %d samples, %d classes | %s stream | device %s",
              spec.name, data.protocol, len(data.train), len(data.val) if data.val else "none", len(data.test),
              spec.num_classes, s.model.modality, device)
@@ -121,8 +124,7 @@ def run_supervised(cfg: dict, tracker: Tracker | None = None) -> dict:
     objective = training_objective(s, data, device)
     outcome = train_and_select(s, data.train, model, device, tracker, generator, folder, objective,
                                supervised_epoch_eval(s, data, device), selection_key)
-    if s.supervised.aggregation:
-        data.record.update(aggregation_weight=s.supervised.aggregation_weight, pair_fallbacks=dict(objective.fallbacks))
+    data.record.update(aggregation_record(s, objective))
     return supervised_report(s, data, model, device, tracker, outcome, spec.num_classes)
 
 

@@ -10,7 +10,7 @@ from experiments.train.checkpoints import load_checkpoint, resolve_checkpoint
 from experiments.train.evaluate import Outcome, final_report
 from experiments.train.folds import run_folds
 from experiments.train.loop import seed_everything, train_and_select
-from experiments.train.objectives import zero_shot_objective
+from experiments.train.objectives import aggregation_record, zero_shot_training
 from experiments.train.prepare import folder_of, prepare_run, with_batch_size, zero_shot_epoch_eval
 from experiments.train.settings import Settings
 
@@ -41,10 +41,11 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
     s = with_batch_size(s, len(data.train))
     folder = folder_of(s)
     tracker.set_info("run_folder", str(folder))
-    objective = zero_shot_objective(s, text.to(device), data.train.classes, device)
+    objective = zero_shot_training(s, data, text.to(device), device)
     outcome = train_and_select(s, data.train, model, device, tracker, generator, folder, objective,
                                zero_shot_epoch_eval(s, data, text, device),
                                "unseen_top1_monitor" if s.eval.by_test else "val_top1")
+    data.record.update(aggregation_record(s, objective))
     return {**final_report(s, data, text, model, device, tracker, outcome), "batch_size": s.optim.batch_size}
 
 

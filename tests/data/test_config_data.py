@@ -51,6 +51,15 @@ def test_tiny_zero_shot_run_on_prepared_utd_mhad(tmp_path):
                                  "warmup_epochs": 1, "out_dir": str(tmp_path / "ckpt")}, options=OPTS).result
     assert res["unseen_classes"] == [2, 6, 7, 11, 19] and res["val_classes"] == [5, 14, 18, 20, 25]
     assert res["num_unseen_samples"] == 80 and 0 <= res["unseen_top1_aligned"] <= 100
+    # the training part's performers (UTD-MHAD's subjects; xsub trains on the odd ones) for SkeletonX's pairing
+    import numpy as np
+
+    from data.arrays import performer_path
+    from data.catalog import split_dir
+
+    perf = np.load(performer_path(split_dir(tmp_path, "utd_mhad", 2), "seen_train"))
+    labels = np.load(split_dir(tmp_path, "utd_mhad", 2) / "seen_train_label.npy")
+    assert perf.shape == labels.shape and len(np.unique(perf)) == 4  # subjects 1, 3, 5, 7
 
 
 def test_small_dataset_defaults_and_paper_defaults_elsewhere():

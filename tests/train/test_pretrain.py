@@ -132,6 +132,12 @@ def test_pretrain_then_linear_eval_and_zero_shot_from_its_encoder(text_root, tmp
     assert lin["init_from"]["train_mode"] == "pretrain" and lin["init_from"]["loaded"] == len(enc)
     after = torch.load(lin["checkpoint"], weights_only=True)["model"]
     assert all(torch.equal(after[k], v) for k, v in enc.items())  # linear evaluation: the encoder is unchanged
+    rnd = ex.run(config_updates={**base, "train_mode": "linear_eval", "out_dir": str(tmp_path / "rnd")},
+                 options=OPTS).result
+    assert "init_from" not in rnd and rnd["encoder_batchnorm"].startswith("random encoder")
+    stats = torch.load(rnd["checkpoint"], weights_only=True)["model"]
+    means = [v for k, v in stats.items() if k.startswith("backbone.") and k.endswith("running_mean")]
+    assert means and any(bool(m.abs().sum() > 0) for m in means)  # the data's statistics, not BatchNorm's zeros
     zs = ex.run(config_updates={**base, "init_from": pre["checkpoint"], "out_dir": str(tmp_path / "zs")},
                 options=OPTS).result
     assert zs["init_from"]["loaded"] == len(enc) and "freeze_backbone" not in zs

@@ -37,8 +37,8 @@ def test_the_decoupled_classifier_classifies_swapped_performer_and_action_featur
     x = torch.randn(3, 3, 8, 25, 2)
     subject, action = model.decouple(x)
     assert subject.shape == action.shape == (3, 8)
-    assert torch.allclose(model(x), model.classify(subject, action))
-    swapped = model.classify(subject[[1, 0, 2]], action)  # [subject of another sample, own action]
+    assert torch.allclose(model(x), model.from_parts(subject, action))
+    swapped = model.from_parts(subject[[1, 0, 2]], action)  # [subject of another sample, own action]
     assert torch.allclose(swapped[2], model(x)[2]) and not torch.allclose(swapped[0], model(x)[0])
 
 
@@ -53,3 +53,24 @@ def test_a_limited_scale_run_with_aggregation(tmp_path):
     assert 0.0 <= res["test_top1"] <= 100.0
     sd = torch.load(res["checkpoint"], weights_only=True)["model"]
     assert any(k.startswith("subject_branch.") for k in sd) and any(k.startswith("action_branch.") for k in sd)
+
+
+@pytest.mark.slow
+def test_zero_shot_and_one_shot_runs_with_aggregation_and_its_checkpoint_evaluated(text_root, tmp_path):
+    from data.arrays import performer_path
+    from data.catalog import split_dir
+
+    assert performer_path(split_dir(text_root, "demo", 1), "seen_train").is_file()  # the demo names performers
+    base = {"dataset": "demo", "data_root": str(text_root), "epoch_num": 1, "hidden_channels": 4, "out_channels": 16,
+            "max_frame": 8, "batch_size": 32, "warmup_epochs": 1, "text_model": "minilm", "text_kind": "labels",
+            "monitor_unseen": False, "aggregation": True, "samples_per_class": 4}
+    res = ex.run(config_updates={**base, "out_dir": str(tmp_path / "zs")}, options=OPTS).result
+    assert res["aggregation"] is True and set(res["train_per_class"].values()) == {4}
+    assert set(res["pair_fallbacks"]) == {"sadp_same_performer", "dasp_same_action"}
+    sd = torch.load(res["checkpoint"], weights_only=True)["model"]
+    assert any(k.startswith("action_branch.") for k in sd)
+    again = ex.run(config_updates={"train_mode": "test", "checkpoint": res["checkpoint"], "data_root": str(text_root),
+                                   "out_dir": str(tmp_path / "t")}, options=OPTS).result
+    assert again["unseen_top1"] == pytest.approx(res["unseen_top1"])  # the decoupled model rebuilt from its config
+    one = ex.run(config_updates={**base, "train_mode": "one_shot", "out_dir": str(tmp_path / "os")}, options=OPTS).result
+    assert one["aggregation"] is True and 0.0 <= one["one_shot_top1_exemplar"] <= 100.0
