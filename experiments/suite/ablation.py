@@ -41,6 +41,7 @@ COMPONENTS: dict[str, dict] = {
     "part_align": {"part_align": True},  # part-aware alignment with the parts texts
     "minilm": {"text_model": "minilm"},
     "cos": {"lr_schedule": "cos"},
+    "aggregation": {"aggregation": True},  # SkeletonX's decoupled features and cross-sample aggregation
     "folds": {"selection": "folds"},  # selection over 3 validation folds, then training on every seen class
     "original_protocol": {"selection": "test", "learn_temperature": False},  # the research code's (labelled)
 }

@@ -7,7 +7,10 @@ weights_only=True)``.
 """
 from __future__ import annotations
 
+import contextlib
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -30,11 +33,34 @@ def run_folder(*, resume: str, out_dir: str, dataset: str, split, train_mode: st
     return RUNS_DIR / f"{stamp}-{dataset}-split{split}-{train_mode}-seed{seed}"
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Ctrl-C and SIGTERM arriving inside the block take effect at its end (as ``KeyboardInterrupt``):
+    an interrupt raised inside ``torch.save``'s writer would surface as a torch ``RuntimeError`` and
+    the run would end FAILED instead of INTERRUPTED. (Only the main thread can handle signals.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, _frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if pending:
+        raise KeyboardInterrupt(f"stopped by signal {pending[0]}")
+
+
 def save_torch_atomic(obj: dict, path: Path) -> None:
     """``torch.save`` through a temporary file and a rename: a kill at any moment leaves the old file or the
-    new one; a failed write (a full disk) raises ``OSError`` naming the file and leaves no temporary file."""
+    new one (a signal during the write takes effect after it); a failed write (a full disk) raises
+    ``OSError`` naming the file and leaves no temporary file."""
     try:
-        write_atomic(path, lambda f: torch.save(obj, f))
+        with interrupts_deferred():
+            write_atomic(path, lambda f: torch.save(obj, f))
     except (OSError, RuntimeError) as exc:  # torch reports a full disk as RuntimeError("basic_ios::clear ...")
         raise OSError(f"could not write {path} ({type(exc).__name__}: {exc}); is the disk full? The previous "
                       f"{path.name}, if any, is unchanged") from exc

@@ -159,3 +159,32 @@ def test_a_corrupt_npz_is_skipped_and_named(tmp_path):
     path.write_bytes(path.read_bytes()[:40])  # a truncated zip
     with pytest.raises(RawFormatError, match=r"broken\.npz: not a readable numpy file \(BadZipFile"):
         load_sequence_file(path)
+
+
+def test_a_signal_during_a_checkpoint_write_interrupts_after_the_write(tmp_path, monkeypatch):
+    """A SIGTERM inside torch.save's writer would surface as a torch RuntimeError (a FAILED run): it is
+    held until the file is written, then raised as KeyboardInterrupt (an INTERRUPTED run)."""
+    import os
+    import signal
+
+    import torch
+
+    from experiments.tracking.output import interrupt_on_sigterm
+    from experiments.train import state
+
+    real = torch.save
+
+    def save_with_a_kill(obj, f):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of the write
+        real(obj, f)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    interrupt_on_sigterm()
+    try:
+        monkeypatch.setattr(torch, "save", save_with_a_kill)
+        with pytest.raises(KeyboardInterrupt, match="signal 15"):
+            state.save_torch_atomic({"a": 3}, tmp_path / "last.pt")
+        monkeypatch.undo()
+        assert torch.load(tmp_path / "last.pt", weights_only=True) == {"a": 3}  # written whole first
+    finally:
+        signal.signal(signal.SIGTERM, previous)
