@@ -116,6 +116,15 @@ def limit_per_class(train: Subset, n: int, seed: int) -> tuple[Subset, dict]:
     return Subset(train.x[keep], train.y[keep], train.classes), record
 
 
+def limit_training(data, n: int, seed: int) -> dict:
+    """``limit_per_class`` applied to ``data.train`` in place (a ``ZeroShotData`` or ``SupervisedData``),
+    its ``train_performer`` cut to the same samples; returns the draw's record."""
+    data.train, record = limit_per_class(data.train, n, seed)
+    if record and data.train_performer is not None:
+        data.train_performer = data.train_performer[record["train_indices"]]
+    return record
+
+
 def load_zero_shot(data_root: str | Path, spec: DatasetSpec, split: str | int, unseen: list[int],
                    val: list[int], frames: int, use_val: bool = True, holdout: float = 0.0,
                    holdout_seed: int = 0) -> ZeroShotData:

@@ -18,6 +18,7 @@ as the class that fills most of it.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -131,7 +132,7 @@ def aggregation_objective(s: Settings, device: torch.device, train_y: torch.Tens
 
     from module.skeletonx import pair_partners
 
-    aug, layout, precision, w = augmentation(s), s.model.graph_layout, s.run.precision, s.supervised.aggregation_weight
+    aug, layout, precision, w = augmentation(s), s.model.graph_layout, s.run.precision, s.aggregation.weight
     y_all = train_y.cpu()
     labels, perf = y_all.numpy(), np.asarray(performers)
     fallbacks = {"sadp_same_performer": 0, "dasp_same_action": 0}
@@ -170,7 +171,7 @@ def check_aggregation(s: Settings, performers) -> None:
 def zero_shot_training(s: Settings, data, text: torch.Tensor, device: torch.device) -> Objective:
     """The zero-shot tracks' objective for ``data`` (``ZeroShotData``): ``zero_shot_objective``, or with
     ``aggregation=True`` SkeletonX's aggregation scored by the skeleton–text loss."""
-    if not s.supervised.aggregation:
+    if not s.aggregation.enabled:
         return zero_shot_objective(s, text, data.train.classes, device)
     check_aggregation(s, data.train_performer)
     loss_fn, kw = get_loss(s.loss.name), s.loss.kwargs()
@@ -180,7 +181,7 @@ def zero_shot_training(s: Settings, data, text: torch.Tensor, device: torch.devi
 
 def aggregation_record(s: Settings, objective: Objective) -> dict:
     """What a run's result records of its aggregation (nothing without it)."""
-    if not s.supervised.aggregation:
+    if not s.aggregation.enabled:
         return {}
-    return {"aggregation": True, "aggregation_weight": s.supervised.aggregation_weight,
+    return {"aggregation": True, "aggregation_weight": s.aggregation.weight,
             "pair_fallbacks": dict(objective.fallbacks)}

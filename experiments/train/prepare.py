@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch
 
 from data.catalog import get_dataset
-from data.loading import Subset, ZeroShotData, limit_per_class, load_zero_shot
+from data.loading import Subset, ZeroShotData, limit_training, load_zero_shot
 from experiments.train.evaluate import zero_shot_eval
 from experiments.train.gzsl import pick_exemplars
 from experiments.train.init import freeze_encoder, init_encoder
@@ -107,10 +107,8 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
                          "seen_test_data.npy / seen_test_label.npy")
     if s.run.train_mode == "one_shot":
         pick_exemplars(data.unseen.y, data.unseen.classes, s.eval.exemplar_seed)  # every class needs 2+ samples
-    data.train, limited = limit_per_class(data.train, d.samples_per_class, d.samples_seed)
-    if limited and data.train_performer is not None:
-        data.train_performer = data.train_performer[limited["train_indices"]]
-    model = build_model(s.model, s.supervised.aggregation)
+    limited = limit_training(data, d.samples_per_class, d.samples_seed)
+    model = build_model(s.model, s.aggregation.enabled)
     data.record.update(limited, **start_encoder(s, model))
     text = class_texts(s, model, spec.num_classes)
     device = resolve_device(s.run.device)

@@ -99,8 +99,13 @@ class SupervisedSettings:
     protocol: str
     label_smoothing: float
     val_fraction: float
-    aggregation: bool = False        # SkeletonX's cross-sample aggregation (module/skeletonx.py)
-    aggregation_weight: float = 0.1  # its aggregated features' loss weight (SkeletonX's w_xsample)
+
+
+@dataclass(frozen=True)
+class AggregationSettings:
+    """SkeletonX's cross-sample aggregation (``module/skeletonx.py``), in any training track."""
+    enabled: bool = False
+    weight: float = 0.1  # the aggregated features' loss weight (SkeletonX's w_xsample)
 
 
 @dataclass(frozen=True)
@@ -216,6 +221,7 @@ class Settings:
     average: AverageSettings = AverageSettings()
     init: InitSettings = InitSettings()
     pretrain: PretrainSettings = PretrainSettings()
+    aggregation: AggregationSettings = AggregationSettings()
 
     @classmethod
     def from_config(cls, cfg: dict) -> "Settings":
@@ -245,8 +251,7 @@ class Settings:
             augment=AugmentSettings(float(c["aug_rotate"]), float(c["aug_scale"]), float(c["aug_shear"]),
                                     _pair(c["aug_crop"], "aug_crop"), float(c["skelemix"]), str(c["aug_rotate_axes"])),
             fr=FRSettings(bool(c["fr_head"]), float(c["fr_weight"]), tuple(float(w) for w in c["fr_level_weights"])),
-            supervised=SupervisedSettings(str(c["protocol"]), float(c["label_smoothing"]), float(c["val_fraction"]),
-                                          bool(c["aggregation"]), float(c["aggregation_weight"])),
+            supervised=SupervisedSettings(str(c["protocol"]), float(c["label_smoothing"]), float(c["val_fraction"])),
             config=dict(cfg),
             average=average_settings(c),
             init=InitSettings(str(c["init_from"]), bool(c["freeze_backbone"])),
@@ -254,6 +259,7 @@ class Settings:
                                       c["moco_queue"] if c["moco_queue"] == "auto" else int(c["moco_queue"]),
                                       float(c["moco_momentum"]), float(c["moco_temperature"]), float(c["moco_mix"]),
                                       int(c["moco_mix_views"])),
+            aggregation=AggregationSettings(bool(c["aggregation"]), float(c["aggregation_weight"])),
         )
 
 

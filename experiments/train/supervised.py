@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from data.catalog import get_dataset
-from data.loading import limit_per_class
+from data.loading import limit_training
 from data.supervised import SupervisedData, load_supervised
 from experiments.tracking.tracker import NullTracker, Tracker
 from experiments.train.artifacts import (TEST_SCORES_FILE, class_names, plot_confusion, plot_curves, save_scores,
@@ -44,7 +44,7 @@ def build_classifier(s: Settings, num_classes: int) -> ClassifierModel:
     m = s.model
     backbone = build_backbone(m.backbone, **backbone_kwargs(m))
     stream = InputStream(m.modality, m.graph_layout, m.input_norm)
-    if s.supervised.aggregation:
+    if s.aggregation.enabled:
         from module.skeletonx import DecoupleClassifier
 
         return DecoupleClassifier(backbone, num_classes, stream)
@@ -53,7 +53,7 @@ def build_classifier(s: Settings, num_classes: int) -> ClassifierModel:
 
 def training_objective(s: Settings, data: SupervisedData, device: torch.device):
     """Cross-entropy (``supervised_objective``), or SkeletonX's aggregation loss with cross-entropy."""
-    if not s.supervised.aggregation:
+    if not s.aggregation.enabled:
         return supervised_objective(s, device)
     check_aggregation(s, data.train_performer)
     return aggregation_objective(s, device, data.train.y, data.train_performer,
@@ -101,9 +101,7 @@ def run_supervised(cfg: dict, tracker: Tracker | None = None) -> dict:
     spec = get_dataset(s.data.dataset, s.data.data_root)
     data = load_supervised(s.data.data_root, spec, s.supervised.protocol, s.data.max_frame,
                            s.supervised.val_fraction, s.data.val_seed)
-    data.train, limited = limit_per_class(data.train, s.data.samples_per_class, s.data.samples_seed)
-    if limited and data.train_performer is not None:
-        data.train_performer = data.train_performer[limited["train_indices"]]
+    limited = limit_training(data, s.data.samples_per_class, s.data.samples_seed)
     device = resolve_device(s.run.device)
     autocast(device, s.run.precision)
     data.train = place_subset(data.train, device, s.run.data_on_device)
@@ -151,7 +149,7 @@ def supervised_report(s: Settings, data: SupervisedData, model: torch.nn.Module,
     result = {
         "dataset": s.data.dataset, "train_mode": s.run.train_mode, "protocol": data.protocol, "seed": s.run.seed,
         "tag": s.run.tag, "modality": s.model.modality, "backbone": s.model.backbone, "fr_head": s.fr.enabled,
-        "selection": ev.selection, "best_epoch": outcome.best_epoch, "aggregation": s.supervised.aggregation,
+        "selection": ev.selection, "best_epoch": outcome.best_epoch, "aggregation": s.aggregation.enabled,
         ("best_val_top1" if ev.selection == "val" else "best_test_top1_selection"): outcome.best_score,
         "test_top1": top1(pred, labels), "test_top5": topk(scores, labels, 5),
         "test_per_class_mean": balanced_accuracy(pred, labels),
