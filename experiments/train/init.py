@@ -25,8 +25,9 @@ def init_encoder(model: torch.nn.Module, source: str, mongo_url: str = "") -> di
 
     Returns:
         The record: ``source``, ``path``, the source run's ``train_mode`` / ``dataset`` / ``run``,
-        ``loaded`` (count), ``loaded_fraction`` (of the model's encoder weights, by element), ``skipped_shape`` (names whose shapes differ), ``skipped_source`` (count
-        of the source's other entries), ``not_loaded`` (the model's encoder entries left as built).
+        ``loaded`` (count), ``loaded_fraction`` (of the model's encoder weights, by element),
+        ``skipped_shape`` (names whose shapes differ), ``skipped_source`` (count of the source's
+        other entries), ``not_loaded`` (the model's encoder entries left as built).
 
     Raises:
         CheckpointError: no usable checkpoint, or not one encoder entry fits the model.
