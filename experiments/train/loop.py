@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from data.loading import Subset
+from experiments.train import distributed
 from experiments.tracking.tracker import Tracker
 from experiments.train.averaging import WeightAverage, make_average, recompute_batchnorm, swa_first_epoch
 from experiments.train.evaluate import Outcome
@@ -38,11 +39,11 @@ log = logging.getLogger("pgfa")
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.rank_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={device!r} requested but CUDA is not available; use device='auto' or 'cpu'")
-    return dev
+    return distributed.rank_device(dev)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -115,6 +116,7 @@ def train_and_select(s: Settings, train: Subset, model: torch.nn.Module, device:
     optimizer = make_optimizer(model, optim.lr, optim.momentum, optim.weight_decay, optim.nesterov)
     ckpt_path, state_path = best_path(folder), folder / STATE_FILE
     keep_last = s.eval.selection in ("last", "folds")
+    writes = distributed.is_main()  # in a torchrun launch only rank 0 writes best.pt / last.pt
 
     average = make_average(s.average, model)
     best = {"score": -1.0, "epoch": -1, "state": None}
@@ -156,12 +158,14 @@ def train_and_select(s: Settings, train: Subset, model: torch.nn.Module, device:
         selectable = average is None or weights != "raw"
         if selectable and (keep_last or score > best["score"]):
             best = {"score": score, "epoch": epoch, "state": copy.deepcopy(scored.state_dict())}
-            save_checkpoint(ckpt_path, scored, s.config, epoch, {"selection_top1": score, "weights": weights})
+            if writes:
+                save_checkpoint(ckpt_path, scored, s.config, epoch, {"selection_top1": score, "weights": weights})
         metrics["epoch_seconds"] = time.time() - t0
         history.append(metrics)
-        save_state(state_path, model=model, optimizer=optimizer, generator=generator, cfg=s.config,
-                   next_epoch=epoch + 1, best=best, history=history, train_seconds=time.time() - t_start,
-                   average=None if average is None else average.state_dict())
+        if writes:
+            save_state(state_path, model=model, optimizer=optimizer, generator=generator, cfg=s.config,
+                       next_epoch=epoch + 1, best=best, history=history, train_seconds=time.time() - t_start,
+                       average=None if average is None else average.state_dict())
         for k, v in metrics.items():
             tracker.log_scalar(k, v, epoch)
         log.info("epoch %d/%d  loss %.4f  lr %.4g  %s%s  (%.1fs)", epoch + 1, optim.epoch_num, loss, lr,

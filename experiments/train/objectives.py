@@ -11,6 +11,10 @@ every batch; the loop around it is the same for every track.
   track: each sample with a same-action/other-performer and an other-action/same-performer
   partner from the training set, and their swapped performer/action features scored too.
 
+In a torchrun launch (``distributed.py``) each batch is augmented whole on every rank, the
+forward pass runs on the rank's shard and the outputs are gathered back, so the loss sees the
+global batch; FR-Head's loss is each rank's own (a per-sample mean, averaged with the gradients).
+
 FR-Head's loss needs class logits and labels: the classifier's logits in the supervised
 track; in the zero-shot tracks the scaled cosine similarities to the texts of the training
 classes (each training class's text is its prototype). A mixed sample counts for FR-Head
@@ -23,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from data.augment import Augmentation
+from experiments.train import distributed
 from experiments.train.settings import Settings
 from experiments.train.steps import Objective, autocast
 from module.losses import cosine, get_loss, kl_soft_target, mixed_same_label
@@ -84,15 +89,16 @@ def zero_shot_objective(s: Settings, text: torch.Tensor, train_classes: list[int
 
     def objective(model, x, y, generator):
         x, y_partner, lam = _views(aug, layout, x, y, generator)
-        emb, stages = _forward(model, x, device, precision)
-        scale = model.scale()
+        local, stages = _forward(model, distributed.shard(x), device, precision)
+        emb, scale = distributed.gather(local), model.scale()  # the loss sees the global batch
         if y_partner is None:
             loss = loss_fn(emb, text[y], y, scale, **kw)
         else:
             loss = kl_soft_target(emb, text[y], mixed_same_label(y, y_partner, lam), scale)
         if stages is not None:
-            logits = scale * cosine(emb, text[cls])  # (B, K_train): each training class's text as its prototype
-            loss = loss + fr.weight * model.fr_head(stages, x.shape[-1], logits, index[_major(y, y_partner, lam)])
+            logits = scale * cosine(local, text[cls])  # (B, K_train): each training class's text as its prototype
+            target = distributed.shard(index[_major(y, y_partner, lam)])
+            loss = loss + fr.weight * model.fr_head(stages, x.shape[-1], logits, target)
         return loss
 
     return objective
@@ -106,7 +112,8 @@ def supervised_objective(s: Settings, device: torch.device) -> Objective:
 
     def objective(model, x, y, generator):
         x, y_partner, lam = _views(aug, layout, x, y, generator)
-        logits, stages = _forward(model, x, device, precision)
+        local, stages = _forward(model, distributed.shard(x), device, precision)
+        logits = distributed.gather(local)
         if y_partner is None:
             loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
         else:  # cross-entropy is linear in its target: the lam-mixed target's loss
@@ -114,7 +121,8 @@ def supervised_objective(s: Settings, device: torch.device) -> Objective:
             other = F.cross_entropy(logits, y_partner, label_smoothing=smoothing, reduction="none")
             loss = (lam * own + (1 - lam) * other).mean()
         if stages is not None:
-            loss = loss + fr.weight * model.fr_head(stages, x.shape[-1], logits, _major(y, y_partner, lam))
+            target = distributed.shard(_major(y, y_partner, lam))
+            loss = loss + fr.weight * model.fr_head(stages, x.shape[-1], local, target)
         return loss
 
     return objective

@@ -15,6 +15,9 @@ from text.embeddings import kinds_of
 
 def preflight(cfg: dict) -> None:
     """Raise ``FileNotFoundError`` / ``TextError`` / ``ValueError`` for inputs a run cannot use."""
+    from experiments.train.distributed import check_launch
+
+    check_launch(cfg)  # a torchrun launch of what it cannot run: refused before anything is recorded
     spec = get_dataset(cfg["dataset"], cfg["data_root"])
     mode = cfg["train_mode"]
     on_samples = mode in ("supervised", "linear_eval") or (mode == "pretrain" and cfg.get("pretrain_on") == "protocol")

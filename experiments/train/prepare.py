@@ -10,6 +10,7 @@ import torch
 
 from data.catalog import get_dataset
 from data.loading import Subset, ZeroShotData, limit_training, load_zero_shot
+from experiments.train import distributed
 from experiments.train.evaluate import zero_shot_eval
 from experiments.train.gzsl import pick_exemplars
 from experiments.train.init import freeze_encoder, init_encoder
@@ -114,8 +115,8 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
     device = resolve_device(s.run.device)
     autocast(device, s.run.precision)  # validates the key before any work
     place_data(data, device, s.run.data_on_device)
-    model = attach_fr_head(model, s, len(data.train.classes)).to(device)
-    return data, text, model, device
+    model = attach_fr_head(model, s, len(data.train.classes))
+    return data, text, distributed.maybe_sync_batchnorm(model, s.run.sync_batchnorm).to(device), device
 
 
 def start_encoder(s: Settings, model: torch.nn.Module) -> dict:
@@ -141,6 +142,10 @@ def with_batch_size(s: Settings, n_train: int) -> Settings:
         log.info("batch_size auto: %d for %d training samples (%d steps per epoch)", bs, n_train,
                  steps_per_epoch(n_train, bs))
         s = replace(s, optim=replace(s.optim, batch_size=bs))
+    procs = distributed.world().size
+    if bs % procs:
+        raise ValueError(f"batch_size={bs} is the global batch of a launch of {procs} processes and must divide by "
+                         f"{procs}; set batch_size to a multiple of {procs}")
     steps = steps_per_epoch(n_train, bs)
     if steps < FEW_STEPS:
         log.warning("only %d optimiser step%s per epoch (%d training samples, batch_size=%d): the model will "
@@ -150,8 +155,10 @@ def with_batch_size(s: Settings, n_train: int) -> Settings:
 
 
 def folder_of(s: Settings):
-    return run_folder(resume=s.run.resume, out_dir=s.run.out_dir, dataset=s.data.dataset, split=s.data.split,
-                      train_mode=s.run.train_mode, seed=s.run.seed)
+    """The run's folder (in a torchrun launch rank 0's, whose name holds its start time)."""
+    return distributed.broadcast_object(run_folder(
+        resume=s.run.resume, out_dir=s.run.out_dir, dataset=s.data.dataset, split=s.data.split,
+        train_mode=s.run.train_mode, seed=s.run.seed))
 
 
 def zero_shot_epoch_eval(s: Settings, data: ZeroShotData, text: torch.Tensor, device: torch.device) -> EpochEval:
@@ -167,11 +174,12 @@ def zero_shot_epoch_eval(s: Settings, data: ZeroShotData, text: torch.Tensor, de
             score, metrics = float("nan"), {}
         else:
             sel = zero_shot_eval(embed(model, select_on.x, batch_size=ev.batch_size, device=device,
-                                       precision=precision), select_on.y, select_on.classes, text)
+                                       precision=precision, shard=True), select_on.y, select_on.classes, text)
             score, metrics = sel.top1, {"unseen_top1_monitor" if ev.by_test else "val_top1": sel.top1}
         if ev.monitor_unseen and not ev.by_test:
             mon = zero_shot_eval(embed(model, data.unseen.x, batch_size=ev.batch_size, device=device,
-                                       precision=precision), data.unseen.y, data.unseen.classes, text, ev.align)
+                                       precision=precision, shard=True), data.unseen.y, data.unseen.classes, text,
+                                 ev.align)
             metrics["unseen_top1_monitor"] = mon.top1
             if mon.top1_aligned is not None:
                 metrics["unseen_top1_aligned_monitor"] = mon.top1_aligned

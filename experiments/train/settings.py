@@ -183,6 +183,7 @@ class RunSettings:
     checkpoint: str
     mongo_url: str
     tag: str
+    sync_batchnorm: bool = False  # torchrun on CUDA (experiments/train/distributed.py)
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,8 @@ class Settings:
             eval=EvalSettings(c["selection"], bool(c["monitor_unseen"]), int(c["eval_batch_size"]), align,
                               int(c["exemplar_seed"]), float(c["one_shot_text_weight"]), int(c["val_folds"])),
             run=RunSettings(c["train_mode"], int(c["seed"]), c["device"], c["precision"], c["data_on_device"],
-                            c["out_dir"], c["resume"], str(c["checkpoint"]), c["mongo_url"], c["tag"]),
+                            c["out_dir"], c["resume"], str(c["checkpoint"]), c["mongo_url"], c["tag"],
+                            bool(c["sync_batchnorm"])),
             augment=AugmentSettings(float(c["aug_rotate"]), float(c["aug_scale"]), float(c["aug_shear"]),
                                     _pair(c["aug_crop"], "aug_crop"), float(c["skelemix"]), str(c["aug_rotate_axes"])),
             fr=FRSettings(bool(c["fr_head"]), float(c["fr_weight"]), tuple(float(w) for w in c["fr_level_weights"])),

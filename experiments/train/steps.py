@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from data.loading import Subset
+from experiments.train import distributed
 
 log = logging.getLogger("pgfa")
 
@@ -142,11 +143,11 @@ def train_epoch(model: torch.nn.Module, data: Subset, optimizer, objective: Obje
             loss = objective(model, x, y, generator, idx, data.x)
         else:
             loss = objective(model, x, y, generator)
-        value = loss.item()  # one device sync per step, checked before the weights change
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} ({desc}); lower lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        value = distributed.sync_step(model, loss)  # the loss (mean over ranks); gradients averaged in a launch
+        if not math.isfinite(value):  # checked before the weights change
+            raise FloatingPointError(f"loss became {value} ({desc}); lower lr or check the data")
         optimizer.step()
         if after_step is not None:
             after_step()
@@ -157,11 +158,21 @@ def train_epoch(model: torch.nn.Module, data: Subset, optimizer, objective: Obje
 
 @torch.no_grad()
 def embed(model: torch.nn.Module, x: torch.Tensor, *, batch_size: int, device: torch.device,
-          desc: str = "embed", precision: str = "fp32") -> torch.Tensor:
+          desc: str = "embed", precision: str = "fp32", shard: bool = False) -> torch.Tensor:
     """(N, D) outputs of a whole subset, in order (float32, on the CPU): text-space embeddings of a
-    ``SkeletonTextModel``, class logits of a ``ClassifierModel``."""
+    ``SkeletonTextModel``, class logits of a ``ClassifierModel``.
+
+    ``shard``: in a torchrun launch each rank embeds its share and the outputs are gathered (every
+    rank must call it; ``distributed.py``); a one-process run embeds everything."""
     model.eval()
-    with autocast(device, precision):
-        out = [model(x[idx.to(x.device)].to(device)).float().cpu()
-               for idx in progress(batches(len(x), batch_size, shuffle=False), math.ceil(len(x) / batch_size), desc)]
-    return torch.cat(out)
+
+    def rows(start: int, stop: int) -> torch.Tensor:
+        part = x[start:stop] if stop > start else x[:1]  # an empty share (fewer rows than ranks) runs one row
+        with autocast(device, precision):
+            out = [model(part[idx.to(x.device)].to(device)).float() for idx in
+                   progress(batches(len(part), batch_size, shuffle=False), math.ceil(len(part) / batch_size), desc)]
+        return torch.cat(out)[:stop - start]
+
+    if shard:
+        return distributed.gather_rows(rows, len(x))
+    return rows(0, len(x)).cpu()

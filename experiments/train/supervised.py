@@ -25,6 +25,7 @@ from experiments.train.artifacts import (TEST_SCORES_FILE, class_names, plot_con
                                          write_per_class_csv)
 from experiments.train.averaging import recompute_batchnorm
 from experiments.train.evaluate import Outcome
+from experiments.train import distributed
 from experiments.train.loop import EpochEval, resolve_device, seed_everything, train_and_select
 from experiments.train.metrics import balanced_accuracy, per_class_accuracy, top1, topk
 from experiments.train.objectives import (aggregation_objective, aggregation_record, check_aggregation, check_objective,
@@ -66,7 +67,7 @@ def supervised_epoch_eval(s: Settings, data: SupervisedData, device: torch.devic
     ev, precision = s.eval, s.run.precision
 
     def accuracy(model, subset) -> float:
-        logits = embed(model, subset.x, batch_size=ev.batch_size, device=device, precision=precision)
+        logits = embed(model, subset.x, batch_size=ev.batch_size, device=device, precision=precision, shard=True)
         return top1(logits.argmax(1), subset.y)
 
     def evaluate(model) -> tuple[float, dict]:
@@ -107,7 +108,7 @@ def run_supervised(cfg: dict, tracker: Tracker | None = None) -> dict:
     data.train = place_subset(data.train, device, s.run.data_on_device)
     model = build_classifier(s, spec.num_classes)
     data.record.update(limited, **start_encoder(s, model))
-    model = model.to(device)
+    model = distributed.maybe_sync_batchnorm(model, s.run.sync_batchnorm).to(device)
     if s.init.freeze and not s.init.source:  # a frozen random encoder: BatchNorm statistics of the data, not (0, 1)
         recompute_batchnorm(model, data.train.x, batch_size=s.eval.batch_size, device=device,
                             precision=s.run.precision)
@@ -122,6 +123,9 @@ def run_supervised(cfg: dict, tracker: Tracker | None = None) -> dict:
     objective = training_objective(s, data, device)
     outcome = train_and_select(s, data.train, model, device, tracker, generator, folder, objective,
                                supervised_epoch_eval(s, data, device), selection_key)
+    distributed.shutdown()  # training is over; in a launch rank 0 alone goes on
+    if not distributed.is_main():  # rank 0 scores the test set and records the run
+        return {}
     data.record.update(aggregation_record(s, objective))
     return supervised_report(s, data, model, device, tracker, outcome, spec.num_classes)
 

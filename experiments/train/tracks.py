@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from experiments.tracking.tracker import NullTracker, Tracker
+from experiments.train import distributed
 from experiments.train.checkpoints import load_checkpoint, resolve_checkpoint
 from experiments.train.evaluate import Outcome, final_report
 from experiments.train.folds import run_folds
@@ -45,6 +46,9 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
     outcome = train_and_select(s, data.train, model, device, tracker, generator, folder, objective,
                                zero_shot_epoch_eval(s, data, text, device),
                                "unseen_top1_monitor" if s.eval.by_test else "val_top1")
+    distributed.shutdown()  # training is over; in a launch rank 0 alone goes on
+    if not distributed.is_main():  # rank 0 scores the unseen classes and records the run
+        return {}
     data.record.update(aggregation_record(s, objective))
     return {**final_report(s, data, text, model, device, tracker, outcome), "batch_size": s.optim.batch_size}
 

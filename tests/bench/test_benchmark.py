@@ -127,3 +127,15 @@ def test_breakdown_report_on_tiny_stgcn():
     assert abs(sum(shares) - 100) < 0.5, lines       # the four parts make the step
     assert re.search(r"\d+ more shapes", text)        # top=3 lists three shapes, then the rest together
     assert len(re.findall(r"bound: convolutions and products at the ceiling's speed", text)) == 2
+
+
+def test_ddp_throughput_prints_one_row_per_configuration(capsys):
+    """The 1-vs-2-process benchmark runs every configuration through ``train_epoch`` (tiny sizes)."""
+    from experiments.bench import ddp_throughput
+
+    rows = ddp_throughput.main(["--tiny", "--epochs", "1", "--steps", "2", "--batch", "4", "--threads", "2"])
+    assert [r["config"] for r in rows] == ["1 process, 1 thread", "1 process, 2 threads",
+                                          "2 processes (gloo), 1 thread each"]
+    assert rows[0]["ratio"] == 1.0 and all(r["samples_per_s"] > 0 for r in rows)
+    out = capsys.readouterr().out
+    assert out.count("x |") == 3 and "not representative of NCCL on GPUs" in out
