@@ -3,12 +3,13 @@
 # make tracking-tools  install the embedded run database and Omniboard into .tools/ (once)
 # make omniboard       browse the recorded runs on http://127.0.0.1:9000/ (Ctrl-C stops it)
 # make server-stop     stop the embedded run database
+# make llm-tools       build the local LLM server of refine_texts into .tools/llm (once, ~3 min)
 # make sync            upload runs recorded offline or during a database outage
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test tracking-tools omniboard server-stop sync clean-runs
+.PHONY: setup demo test tracking-tools llm-tools omniboard server-stop sync clean-runs
 
 setup: $(VENV)/.installed
 
@@ -30,6 +31,9 @@ test: $(VENV)/.installed-dev
 
 tracking-tools: setup
 	$(PY) main.py install_tracking
+
+llm-tools: setup
+	$(PY) -c "from text import llmserver; print(llmserver.install())"
 
 omniboard: setup
 	$(PY) main.py omniboard

@@ -22,6 +22,7 @@ from data.catalog import (TRACKS, dataset_splits, default_split, default_val_cou
 from experiments.experiment import Experiment
 from experiments.files import DATA_DIR
 from experiments.runtime import applied_allocator
+from experiments.suite.refine import refine_ingredient as refine  # the refine_texts command's entries
 from experiments.tracking.output import clean_output, experiment_logger, plain, project_sources
 from module.defaults import model_defaults
 from text.models import text_dim as _text_dim
@@ -124,7 +125,7 @@ def _allocator() -> str:
     return applied_allocator()
 
 
-ex = Experiment("pgfa", ingredients=[raw, new_split, sweep, report, ablation], save_git_info=False,
+ex = Experiment("pgfa", ingredients=[raw, new_split, sweep, report, ablation, refine], save_git_info=False,
                 additional_host_info=[_allocator])
 ex.logger = experiment_logger()  # its lines land in the captured output too
 ex.captured_out_filter = clean_output  # progress-bar redraws resolved, output capped (experiments/tracking/output.py)
@@ -176,7 +177,9 @@ def config():
     data_root = str(DATA_DIR)  # arrays in <data_root>/zeroshot/<dataset>/split_<k>, texts in <data_root>/language
     split = default_split(dataset, train_mode, data_root)
     seed = 0
-    device = "auto"  # auto = cuda if available, else cpu
+    device = "auto"  # auto = cuda if available, else cpu (torchrun: cuda:LOCAL_RANK)
+    sync_batchnorm = False  # torchrun on CUDA: BatchNorm statistics over the global batch (experiments/train/distributed.py)
+    dist_timeout = 600  # torchrun: seconds a collective waits for the other processes before the run fails
     tag = ""  # a label for this run's variant (sweeps set it; the results table groups by it)
 
     _spec = get_dataset(dataset, data_root)

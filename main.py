@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 
+import experiments.tracking.commands  # noqa: F401  (registers the run database's side commands)
 from config import ex, sweep_options, sweep_settings
 from experiments.experiment import use_short_errors
 from experiments.tracking.output import interrupt_on_sigterm
@@ -48,17 +49,24 @@ def run(_config, _run):
 
     from experiments.tracking.tracker import SacredTracker
 
+    from experiments.train import distributed
+
     tracker = SacredTracker(_run)
     module, name = TRACK_RUNNERS[_config["train_mode"]].split(":")
     runner = getattr(importlib.import_module(module if "." in module else f"experiments.train.{module}"), name)
+    world = distributed.setup(_config)  # a torchrun launch: join its process group (a plain run: one process)
     try:
         result = runner(run_config(redact(plain(_config))), tracker)  # the checkpoint stores this config
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as exc:  # RuntimeError in a launch: e.g. another process died
         folder = _run.info.get("run_folder")
-        if folder:
-            print(f"\ninterrupted; continue this run with:\n  {resume_command(_run, folder)}", file=sys.stderr,
-                  flush=True)
+        if folder and world.main and (world.active or isinstance(exc, KeyboardInterrupt)):
+            print(f"\n{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'stopped'}; continue this run with:\n"
+                  f"  {resume_command(_run, folder, world.size)}", file=sys.stderr, flush=True)
         raise
+    if not world.main:  # only rank 0 records and reports the run
+        return None
+    if world.active:
+        result["processes"] = world.size  # a torchrun launch of this many processes
     tracker.summarize(result)
     print(end_summary(_config, _run, result), flush=True)
     return result
@@ -73,11 +81,13 @@ def _arg(key: str, value) -> str:
     return shlex.quote(f"{key}={text}")
 
 
-def resume_command(_run, folder: str) -> str:
-    """The command that continues an interrupted run: its own settings plus ``resume=<folder>``."""
+def resume_command(_run, folder: str, processes: int = 1) -> str:
+    """The command that continues an interrupted run: its own settings plus ``resume=<folder>`` (a
+    torchrun launch of ``processes`` processes is continued by one of as many)."""
     updates = {k: v for k, v in (_run.meta_info.get("config_updates") or {}).items() if k not in ("resume", "out_dir")}
     named = list(_run.meta_info.get("named_configs") or [])
-    words = ["python", "main.py", "with", *named, *(_arg(k, v) for k, v in updates.items()), _arg("resume", folder)]
+    launcher = ["torchrun", f"--nproc_per_node={processes}"] if processes > 1 else ["python"]
+    words = [*launcher, "main.py", "with", *named, *(_arg(k, v) for k, v in updates.items()), _arg("resume", folder)]
     return " ".join(words)
 
 
@@ -210,77 +220,6 @@ def prepare_demo(data_root):
         print(f"wrote {d}")
 
 
-def _embedded_only(mongo_url: str) -> None:
-    from experiments.tracking.database import MONGO_URL_ENV
-    from experiments.tracking.output import redact_text
-
-    url = mongo_url or os.environ.get(MONGO_URL_ENV, "")
-    if url:
-        print(f"note: runs go to {redact_text(url)} (mongo_url / {MONGO_URL_ENV}), not to the embedded server")
-
-
-@ex.command(unobserved=True)
-def install_tracking():
-    """Install the embedded run database (its own venv) and Omniboard (npm) into .tools/, once."""
-    from experiments.tracking import dbserver
-    from experiments.tracking import omniboard as board
-
-    print(f"SecantusDB: {dbserver.install_server()}")
-    print(f"Omniboard:  {board.install()}")
-
-
-@ex.command(unobserved=True)
-def server_start(mongo_url):
-    """Start the embedded run database (installed on first use), or report the one already running."""
-    from experiments.tracking import dbserver
-
-    _embedded_only(mongo_url)
-    known = dbserver.status()
-    info = known or dbserver.ensure_running()
-    print(f"{'already running' if known else f'started in {info.start_seconds:.1f} s'}: {info.url} "
-          f"(pid {info.pid}, data {info.storage}, log {info.log})")
-
-
-@ex.command(unobserved=True)
-def server_status(mongo_url):
-    """Whether the embedded run database runs, and where."""
-    from experiments.tracking import dbserver
-
-    _embedded_only(mongo_url)
-    info = dbserver.status()
-    print(f"running: {info.url} (pid {info.pid}, since {info.started_at}, data {info.storage})" if info else
-          f"not running (data folder {dbserver.tracking_dir() / 'db'}); start it: python main.py server_start")
-
-
-@ex.command(unobserved=True)
-def server_stop():
-    """Stop the embedded run database (SIGTERM to its recorded pid; SIGKILL if it has not exited after 60 s)."""
-    from experiments.tracking import dbserver
-
-    info = dbserver.stop()
-    print(f"stopped the embedded run database (pid {info.pid})" if info else "the embedded run database was not running")
-
-
-@ex.command(unobserved=True)
-def omniboard(mongo_url):
-    """Install Omniboard (once) and serve the run database on http://127.0.0.1:9000/ until Ctrl-C."""
-    from experiments.tracking import dbserver
-    from experiments.tracking import omniboard as board
-    from experiments.tracking.database import connect, resolve_target
-
-    target = resolve_target(mongo_url)
-    board.ensure_columns(connect(target))
-    proc, url = board.start(target)
-    print(f"Omniboard: {url}  (runs in {target.display}; log {dbserver.tracking_dir() / 'omniboard.log'}; "
-          f"Ctrl-C stops it)", flush=True)
-    try:
-        proc.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        board.stop(proc)
-
-
 @ex.command(unobserved=True)
 def sweep(data_root, mongo_url):
     """Run a grid (sweep.datasets × splits × seeds × variants), one recorded run per point, skipping
@@ -326,6 +265,48 @@ def ablation(data_root, mongo_url, ablation):
 
 
 @ex.command(unobserved=True)
+def refine_texts(data_root, mongo_url, refine, _run):
+    """A run's validation confusion -> an LLM's movement cues -> a new text kind, embedded (refine.run,
+    refine.base_url, refine.model); refine.rounds=k: the agent loop, each round a recorded run."""
+    from experiments.suite.refine import RefineSettings, agent_loop
+    from experiments.suite.refine import refine as refine_once
+    from experiments.tracking.observer import run_config
+    from experiments.tracking.output import plain
+
+    r = RefineSettings.from_config(plain(refine))
+    if r.rounds > 0:
+        updates = run_config(plain(_run.meta_info.get("config_updates") or {}))  # the rounds' training settings
+        return agent_loop(r, {k: v for k, v in updates.items() if k not in ("data_root", "mongo_url")}, data_root,
+                          mongo_url)
+    if not r.run:
+        raise ValueError("refine.run is empty: give the run to question (a run id, run folder or best.pt), or "
+                         "refine.rounds=1 to train one first")
+    done = refine_once(r, data_root, mongo_url, r.run)
+    print(f"wrote text kind {done['kind']!r} ({done['cues']} cues for classes {done['refined_classes']}) to "
+          f"{done['texts']}; train with: python main.py with dataset={done['dataset']} text_kind={done['kind']}")
+    return done
+
+
+@ex.command(unobserved=True)
+def llm_server():
+    """Serve the local LLM (Gemma 3 270M via llama-cpp-python, installed on first use into .tools/llm) on
+    http://127.0.0.1:$PGFA_LLM_PORT/v1 (8080) for refine_texts, until Ctrl-C."""
+    from pathlib import Path
+
+    from text import llmserver
+
+    server = llmserver.start(int(os.environ.get("PGFA_LLM_PORT") or 8080), Path(llmserver.venv(), "server.log"))
+    print(f"local LLM: refine.base_url={server.base_url} refine.model={server.model} "
+          f"refine.schema_format=json_object  (log {server.log}; Ctrl-C stops it)", flush=True)
+    try:
+        server.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@ex.command(unobserved=True)
 def results(mongo_url, report):
     """The results table from the recorded runs: Markdown (printed), CSV and a bar chart in report.out."""
     from experiments.suite.report import aggregate, fetch_runs, write_report
@@ -340,21 +321,6 @@ def results(mongo_url, report):
     print(paths["markdown"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return {k: str(v) for k, v in paths.items()}
-
-
-@ex.command(unobserved=True)
-def sync(mongo_url):
-    """Upload the runs recorded offline (offline=True) or during a database outage, each exactly once."""
-    from experiments.tracking.database import resolve_target
-    from experiments.tracking.upload import sync as sync_records
-
-    target = resolve_target(mongo_url)
-    done = sync_records(target)
-    for record, run_id in done["uploaded"]:
-        print(f"uploaded {record.name} as run {run_id}")
-    for record, why in done["waiting"]:
-        print(f"not yet: {record.name} ({why})")
-    print(f"{len(done['uploaded'])} run(s) uploaded to {target.display}; {len(done['waiting'])} still running")
 
 
 def ensemble_alias(argv: list[str]) -> list[str]:
@@ -385,9 +351,13 @@ def cli() -> None:
     if command_of(sys.argv) in HEAVY_COMMANDS:  # the observed command: recorded, under the allocator
         from experiments.runtime import ensure_allocator_settings
         from experiments.tracking.observer import attach_observers
+        from experiments.train.distributed import world
 
         ensure_allocator_settings()  # re-executes this command once under the chosen allocator
-        attach_observers(ex)
+        if world().main:  # a torchrun launch is recorded by rank 0 alone
+            attach_observers(ex)
+        else:
+            logging.getLogger("pgfa").setLevel(logging.ERROR)  # rank 0 speaks for the launch
     interrupt_on_sigterm()
     use_short_errors()
     try:

@@ -125,6 +125,25 @@ def limit_training(data, n: int, seed: int) -> dict:
     return record
 
 
+def _subset(xs: np.ndarray, ys: np.ndarray, classes: list[int], frames: int) -> Subset:
+    with warnings.catch_warnings():  # read-only memory maps stay so: nothing writes to the samples
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return Subset(torch.from_numpy(resample_time(xs, frames)), torch.from_numpy(ys), sorted(classes))
+
+
+def load_validation(data_root: str | Path, spec: DatasetSpec, split: str | int, unseen: list[int], val: list[int],
+                    frames: int) -> Subset:
+    """The validation classes' samples of a split, read from its seen-class training part alone: the
+    unseen test part is never opened (``refine_texts`` questions a run with these)."""
+    ensure_prepared(data_root, spec.name, split)
+    d = split_dir(data_root, spec.name, split)
+    arr = ArraySpec(spec.num_classes, 3, _layout_joints(spec.layout), spec.num_person)
+    x, y = load_part(d, "seen_train", arr, allowed=set(range(spec.num_classes)) - set(unseen), required=set(val),
+                     hint=spec.prepare)
+    is_val = np.isin(y, val)
+    return _subset(x[is_val], y[is_val], list(val), frames)
+
+
 def load_zero_shot(data_root: str | Path, spec: DatasetSpec, split: str | int, unseen: list[int],
                    val: list[int], frames: int, use_val: bool = True, holdout: float = 0.0,
                    holdout_seed: int = 0) -> ZeroShotData:
@@ -154,9 +173,7 @@ def load_zero_shot(data_root: str | Path, spec: DatasetSpec, split: str | int, u
     performer = load_performers(d, "seen_train", len(y))
 
     def subset(xs: np.ndarray, ys: np.ndarray, classes: list[int]) -> Subset:
-        with warnings.catch_warnings():  # read-only memory maps stay so: nothing writes to the samples
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            return Subset(torch.from_numpy(resample_time(xs, frames)), torch.from_numpy(ys), sorted(classes))
+        return _subset(xs, ys, classes, frames)
 
     if use_val:
         is_val = np.isin(y, val)

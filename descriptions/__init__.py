@@ -59,8 +59,35 @@ def _read(path: Path, dataset: str) -> dict:
         raise TextError(f"{path}: invalid JSON ({exc})") from exc
 
 
-def load_document(dataset: str, data_root: str | Path | None = None, _chain: tuple[str, ...] = ()) -> dict:
-    """The dataset's text document with borrowed texts (``based_on``) resolved."""
+def load_document(dataset: str, data_root: str | Path | None = None) -> dict:
+    """The dataset's text document with borrowed texts (``based_on``) resolved, plus the kinds
+    ``refine_texts`` wrote under ``data_root`` (``refined_file``)."""
+    return _with_refined(_load(dataset, data_root), dataset, data_root)
+
+
+def refined_file(dataset: str, data_root: str | Path) -> Path:
+    """Where ``refine_texts`` writes a dataset's new text kinds (beside the embeddings, never into
+    the project's own descriptions): ``<data_root>/language/<dataset>.refined.json``, a document of
+    this module's format whose classes hold only the new kinds, plus each kind's ``provenance``."""
+    return Path(data_root) / "language" / f"{dataset}.refined.json"
+
+
+def _with_refined(doc: dict, dataset: str, data_root: str | Path | None) -> dict:
+    path = None if data_root is None else refined_file(dataset, data_root)
+    if path is None or not path.is_file():
+        return doc
+    extra = _read(path, dataset)
+    kinds, classes = extra.get("kinds", {}), extra.get("classes")
+    clash = sorted(set(kinds) & set(doc.get("kinds", {})))
+    if clash:
+        raise TextError(f"{path}: kinds {clash} are the dataset's own; written kinds need names of their own")
+    if not isinstance(classes, list) or len(classes) != len(doc["classes"]):
+        raise TextError(f"{path}: must hold one record per class ({len(doc['classes'])})")
+    merged = [{**rec, **{k: c.get(k) for k in kinds}} for rec, c in zip(doc["classes"], classes)]
+    return {**doc, "kinds": {**doc.get("kinds", {}), **kinds}, "classes": merged}
+
+
+def _load(dataset: str, data_root: str | Path | None = None, _chain: tuple[str, ...] = ()) -> dict:
     path = text_file(dataset, data_root)
     doc = _read(path, dataset)
     classes = doc.get("classes")
@@ -77,7 +104,7 @@ def load_document(dataset: str, data_root: str | Path | None = None, _chain: tup
         return doc
     if base_name in _chain + (dataset,):
         raise TextError(f"{path}: 'based_on' forms a cycle: {' -> '.join(_chain + (dataset, base_name))}")
-    base = load_document(base_name, data_root, _chain + (dataset,))
+    base = _load(base_name, data_root, _chain + (dataset,))
     resolved = []
     for rec in classes:
         if "from" in rec:

@@ -31,7 +31,7 @@ from sacred.utils import print_filtered_stacktrace as sacred_print_stacktrace
 from experiments.files import PROJECT_ROOT, WORK_ROOT, write_text_atomic
 
 COMMAND_INGREDIENTS = {"raw": "prepare / prepare_generic / make_split", "new_split": "prepare_generic / make_split",
-                       "sweep": "sweep", "report": "results"}
+                       "sweep": "sweep", "report": "results", "refine": "refine_texts"}
 
 
 def _known_keys(cfg: dict, prefix: str = "") -> list[str]:

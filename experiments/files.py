@@ -96,3 +96,17 @@ def pid_alive(pid: int) -> bool:
     with contextlib.suppress(OSError):  # a zombie still accepts signal 0
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+def install_venv(venv: Path, pip_args: list[str], log: Path, env: dict[str, str] | None = None) -> list[str]:
+    """Create (afresh) the virtual environment ``venv`` and ``pip install`` ``pip_args`` into it, every
+    line of output into ``log``; returns the pip command (for an error message). Raises ``OSError`` or
+    ``subprocess.CalledProcessError``. A tool installed this way runs as its own process."""
+    import subprocess
+    import sys
+
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q", *pip_args]
+    with open(log, "wb") as out:
+        for cmd in ([sys.executable, "-m", "venv", "--clear", str(venv)], pip):
+            subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    return pip

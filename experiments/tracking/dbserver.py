@@ -36,7 +36,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from experiments.files import WORK_ROOT, file_lock, pid_alive, write_json_atomic
+from experiments.files import WORK_ROOT, file_lock, install_venv, pid_alive, write_json_atomic
 
 SERVER_REQUIREMENTS = Path(__file__).with_name("requirements-secantusdb.txt")
 SERVER_HOST = "127.0.0.1"
@@ -89,18 +89,15 @@ def install_server() -> Path:
             return server_executable()
         print(f"installing SecantusDB (GPL-2.0, run as its own process) into {venv} (once, ~10 s) ...",
               file=sys.stderr, flush=True)
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-               "-r", str(SERVER_REQUIREMENTS)]
         log_path = tools_dir() / "secantusdb-install.log"  # pip's output (its warnings) goes here, not to the run
         try:
-            with open(log_path, "wb") as log:
-                for cmd in ([sys.executable, "-m", "venv", "--clear", str(venv)], pip):
-                    subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+            install_venv(venv, ["-r", str(SERVER_REQUIREMENTS)], log_path)
         except (OSError, subprocess.CalledProcessError) as exc:
             raise TrackingError(
                 f"could not install the embedded run database into {venv} ({exc}); pip's output, {log_path}:\n"
                 f"{_log_tail(log_path)}\n"
-                f"  Install it by hand: {sys.executable} -m venv {venv} && {' '.join(pip)}\n"
+                f"  Install it by hand: {sys.executable} -m venv {venv} && {venv}/bin/python -m pip install "
+                f"-r {SERVER_REQUIREMENTS}\n"
                 f"  or use a MongoDB server: PGFA_MONGO_URL=mongodb://host:port/db, or record offline: with offline=True"
             ) from exc
         (venv / ".installed").write_text(_requirements_digest() + "\n")
