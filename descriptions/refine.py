@@ -27,9 +27,10 @@ from descriptions import TextError, load_class_texts, load_document, refined_fil
 from module.parts import PARTS  # the body parts a cue may name
 
 MIN_CUE, MAX_CUE = 8, 120  # characters of one cue (12 cues stay well inside max_tokens)
-# one line of words (no placeholder such as "..." or "<cue>"), its length in the pattern too: llama.cpp's
-# schema grammar enforces a pattern's repetition bounds but not minLength / maxLength beside a pattern
-CUE_PATTERN = rf"^[A-Za-z][A-Za-z0-9 ,;:'()/-]{{{MIN_CUE - 1},{MAX_CUE - 1}}}$"
+# one line that starts with two words (no placeholder such as "...", "<cue>" or "y/n:1"), its length bounded by
+# the pattern too (8 to 118 characters): llama.cpp's schema grammar enforces a pattern's repetition bounds but not
+# minLength / maxLength beside a pattern
+CUE_PATTERN = r"^[A-Za-z]{2,20}[ -][A-Za-z]{2}[A-Za-z0-9 ,;:'()/-]{3,95}$"
 
 
 class SelectorError(ValueError):

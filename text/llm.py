@@ -48,7 +48,7 @@ class LLMClient:
     retries: int = 3
     temperature: float = 0.0
     seed: int = 0
-    max_tokens: int = 600
+    max_tokens: int = 800
     schema_format: str = "json_schema"
     offline: bool = False
 

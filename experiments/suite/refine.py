@@ -39,7 +39,7 @@ def refine_config():
     offline = False  # answer from the cache only (a rerun without the endpoint)
     timeout = 120.0  # seconds per request
     retries = 3  # on connection errors, 429 and 5xx
-    max_tokens = 600
+    max_tokens = 800  # an answer of 12 cues at their longest stays inside it
     rounds = 0  # > 0: the agent loop (train -> question -> refine -> retrain), each round a recorded run
 
 

@@ -66,6 +66,17 @@ def test_selector_refuses_malformed_answers_naming_the_fault(text, message):
         select(text, {"swipe left": 0, "swipe right": 1})
 
 
+def test_the_schema_pattern_admits_only_what_the_selector_accepts():
+    import re
+
+    from descriptions.refine import CUE_PATTERN
+
+    for cue in ("arm sweeps left", "right-hand moves out", "knees bend deeply, then straighten"):
+        assert re.match(CUE_PATTERN, cue) and select(answer(a=cue), {"a": 0})
+    for cue in ("...", "y/n:1000", "a b c d e f", "right", "x" * 130):
+        assert not re.match(CUE_PATTERN, cue)
+
+
 def test_prompt_names_both_actions_and_every_part_and_its_schema_requires_them():
     labels, des = ["wave", "clap", "jump"], ["hand waves", "hands meet", "feet leave the floor"]
     messages, schema = pair_prompt(labels, des, 0, 2)
