@@ -265,7 +265,7 @@ def ablation(data_root, mongo_url, ablation):
 
 
 @ex.command(unobserved=True)
-def refine_texts(data_root, mongo_url, refine, _run):
+def refine_texts(data_root, mongo_url, refine, _run, _config):
     """A run's validation confusion -> an LLM's movement cues -> a new text kind, embedded (refine.run,
     refine.base_url, refine.model); refine.rounds=k: the agent loop, each round a recorded run."""
     from experiments.suite.refine import RefineSettings, agent_loop
@@ -273,15 +273,15 @@ def refine_texts(data_root, mongo_url, refine, _run):
     from experiments.tracking.observer import run_config
     from experiments.tracking.output import plain
 
-    r = RefineSettings.from_config(plain(refine))
+    r, defaults = RefineSettings.from_config(plain(refine)), run_config(plain(_config))
     if r.rounds > 0:
         updates = run_config(plain(_run.meta_info.get("config_updates") or {}))  # the rounds' training settings
         return agent_loop(r, {k: v for k, v in updates.items() if k not in ("data_root", "mongo_url")}, data_root,
-                          mongo_url)
+                          mongo_url, defaults)
     if not r.run:
         raise ValueError("refine.run is empty: give the run to question (a run id, run folder or best.pt), or "
                          "refine.rounds=1 to train one first")
-    done = refine_once(r, data_root, mongo_url, r.run)
+    done = refine_once(r, data_root, mongo_url, r.run, defaults)
     print(f"wrote text kind {done['kind']!r} ({done['cues']} cues for classes {done['refined_classes']}) to "
           f"{done['texts']}; train with: python main.py with dataset={done['dataset']} text_kind={done['kind']}")
     return done

@@ -81,9 +81,10 @@ def client(r: RefineSettings, data_root: str):
                      max_tokens=r.max_tokens, schema_format=r.schema_format, offline=r.offline)
 
 
-def validation_confusion(checkpoint: Path, data_root: str) -> tuple[np.ndarray, list[int], dict]:
+def validation_confusion(checkpoint: Path, data_root: str, defaults: dict) -> tuple[np.ndarray, list[int], dict]:
     """The confusion matrix of a checkpoint's zero-shot predictions on its split's validation classes
-    (rows: true class, columns: predicted), those classes, and the run's config."""
+    (rows: true class, columns: predicted), those classes, and the run's config (``defaults``, the
+    current config, fill the entries a checkpoint of an older version lacks)."""
     import torch
     from sklearn.metrics import confusion_matrix
 
@@ -97,7 +98,7 @@ def validation_confusion(checkpoint: Path, data_root: str) -> tuple[np.ndarray, 
     from experiments.train.steps import embed
 
     ckpt = load_checkpoint(checkpoint)
-    cfg = {**ckpt["config"], "data_root": data_root, "fr_head": False}
+    cfg = {**defaults, **ckpt["config"], "data_root": data_root, "fr_head": False}
     if cfg.get("train_mode") not in ("main", "sota", "one_shot") or not cfg.get("val_classes"):
         raise ValueError(f"{checkpoint}: refine_texts questions a zero-shot run with validation classes "
                          f"(train_mode={cfg.get('train_mode')!r}, val_classes={cfg.get('val_classes')!r})")
@@ -133,9 +134,10 @@ def questions(r: RefineSettings, confusion: np.ndarray, classes: list[int], cfg:
             for a, b, s in unique_pairs([(a, b, s) for a, b, s, _ in pairs])]
 
 
-def refine(r: RefineSettings, data_root: str, mongo_url: str, source: str, kind: str | None = None) -> dict:
+def refine(r: RefineSettings, data_root: str, mongo_url: str, source: str, defaults: dict,
+           kind: str | None = None) -> dict:
     """Question run ``source``, ask the LLM, validate every answer, then write and embed the new kind
-    (nothing is written when any answer is malformed)."""
+    (nothing is written when any answer is malformed). ``defaults``: the command's config."""
     from descriptions import load_class_texts
     from descriptions.refine import pair_prompt, select, write_refined
     from experiments.train.checkpoints import resolve_checkpoint
@@ -144,7 +146,7 @@ def refine(r: RefineSettings, data_root: str, mongo_url: str, source: str, kind:
 
     kind = kind or r.kind
     checkpoint = resolve_checkpoint(source, mongo_url)
-    confusion, classes, cfg = validation_confusion(checkpoint, data_root)
+    confusion, classes, cfg = validation_confusion(checkpoint, data_root, defaults)
     dataset = cfg["dataset"]
     labels = load_class_texts(dataset, "labels", data_root=data_root)
     base = load_class_texts(dataset, r.base_kind, data_root=data_root)
@@ -182,7 +184,7 @@ def train_round(updates: dict, comment: str) -> tuple[str, str]:
     return found[-1], folders[-1]
 
 
-def agent_loop(r: RefineSettings, base: dict, data_root: str, mongo_url: str) -> list[dict]:
+def agent_loop(r: RefineSettings, base: dict, data_root: str, mongo_url: str, defaults: dict) -> list[dict]:
     """``rounds`` times: refine from the last run (``refine.run``, or a first run trained with ``base``),
     then train with the new kind ``<kind>_r<i>``; each round is a recorded run whose comment names
     the run it was refined from."""
@@ -192,7 +194,7 @@ def agent_loop(r: RefineSettings, base: dict, data_root: str, mongo_url: str) ->
     rounds = []
     for i in range(1, r.rounds + 1):
         kind = f"{r.kind}_r{i}"
-        done = refine(r, data_root, mongo_url, source, kind)
+        done = refine(r, data_root, mongo_url, source, defaults, kind)
         run, source = train_round({**updates, "text_kind": kind, "tag": f"{r.kind}-r{i}"},
                                   f"refine round {i}: text_kind {kind} refined from {done['source_run']}")
         rounds.append({**done, "round": i, "trained_run": run, "trained_folder": source})
