@@ -110,3 +110,18 @@ def install_venv(venv: Path, pip_args: list[str], log: Path, env: dict[str, str]
         for cmd in ([sys.executable, "-m", "venv", "--clear", str(venv)], pip):
             subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     return pip
+
+
+def venv_current(venv: Path, requirements: Path) -> bool:
+    """Whether ``install_venv`` completed into ``venv`` from this version of ``requirements``."""
+    import hashlib
+
+    marker = venv / ".installed"
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
+    return marker.is_file() and marker.read_text().strip() == digest
+
+
+def mark_venv_current(venv: Path, requirements: Path) -> None:
+    import hashlib
+
+    (venv / ".installed").write_text(hashlib.sha256(requirements.read_bytes()).hexdigest()[:16] + "\n")

@@ -13,7 +13,6 @@ build made on one CPU runs on the other CPUs this project meets.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -24,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.files import file_lock, install_venv
+from experiments.files import file_lock, install_venv, mark_venv_current, venv_current
 
 REQUIREMENTS = Path(__file__).with_name("requirements-llm.txt")
 MODEL_ALIAS = "gemma-3-270m-q4_k_m"
@@ -51,13 +50,8 @@ def model_path() -> Path:
     return venv() / "models" / f"{MODEL_ALIAS}.gguf"
 
 
-def _digest() -> str:
-    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:16]
-
-
 def installed() -> bool:
-    marker = venv() / ".installed"
-    return model_path().is_file() and marker.is_file() and marker.read_text().strip() == _digest()
+    return model_path().is_file() and venv_current(venv(), REQUIREMENTS)
 
 
 def install() -> Path:
@@ -80,7 +74,7 @@ def install() -> Path:
             detail = getattr(exc, "stderr", "") or ""
             raise LLMServerError(f"could not install the local LLM server into {venv()} ({exc}) {detail[-500:]}; "
                                  f"pip's output: {log}") from exc
-        (venv() / ".installed").write_text(_digest() + "\n")
+        mark_venv_current(venv(), REQUIREMENTS)
     return model_path()
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import signal
@@ -36,7 +35,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from experiments.files import WORK_ROOT, file_lock, install_venv, pid_alive, write_json_atomic
+from experiments.files import (WORK_ROOT, file_lock, install_venv, mark_venv_current, pid_alive, venv_current,
+                               write_json_atomic)
 
 SERVER_REQUIREMENTS = Path(__file__).with_name("requirements-secantusdb.txt")
 SERVER_HOST = "127.0.0.1"
@@ -70,13 +70,8 @@ def server_executable() -> Path:
     return server_venv() / "bin" / "secantusd-py"
 
 
-def _requirements_digest() -> str:
-    return hashlib.sha256(SERVER_REQUIREMENTS.read_bytes()).hexdigest()[:16]
-
-
 def server_installed() -> bool:
-    marker = server_venv() / ".installed"
-    return server_executable().is_file() and marker.is_file() and marker.read_text().strip() == _requirements_digest()
+    return server_executable().is_file() and venv_current(server_venv(), SERVER_REQUIREMENTS)
 
 
 def install_server() -> Path:
@@ -100,7 +95,7 @@ def install_server() -> Path:
                 f"-r {SERVER_REQUIREMENTS}\n"
                 f"  or use a MongoDB server: PGFA_MONGO_URL=mongodb://host:port/db, or record offline: with offline=True"
             ) from exc
-        (venv / ".installed").write_text(_requirements_digest() + "\n")
+        mark_venv_current(venv, SERVER_REQUIREMENTS)
         print(f"installed SecantusDB (pip's output: {log_path})", file=sys.stderr, flush=True)
     return server_executable()
 
