@@ -82,9 +82,10 @@ class LLMClient:
                            f"with the endpoint reachable ({self.base_url})")
         text = self._post(body)
         from experiments.files import write_text_atomic
+        from experiments.tracking.output import redact_text
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps({"request": body, "answer": text, "base_url": self.base_url,
+        write_text_atomic(path, json.dumps({"request": body, "answer": text, "base_url": redact_text(self.base_url),
                                             "answered_at": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1) + "\n")
         return Answer(text, key, False)
 
