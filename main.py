@@ -44,7 +44,7 @@ HEAVY_COMMANDS = {"run"}
 def run(_config, _run):
     """Train and evaluate the configured track; the result dict is the run's result."""
     from experiments.tracking.observer import run_config
-    from experiments.tracking.output import plain, redact
+    from experiments.tracking.output import finishing, plain, redact
     import importlib
 
     from experiments.tracking.tracker import SacredTracker
@@ -57,9 +57,11 @@ def run(_config, _run):
     world = distributed.setup(_config)  # a torchrun launch: join its process group (a plain run: one process)
     try:
         result = runner(run_config(redact(plain(_config))), tracker)  # the checkpoint stores this config
-    except (KeyboardInterrupt, RuntimeError) as exc:  # RuntimeError in a launch: e.g. another process died
+    except BaseException as exc:  # in a launch a RuntimeError is e.g. another process that died
+        finishing()  # a second Ctrl-C, or torchrun's SIGTERM, must not cut the recording of this end short
         folder = _run.info.get("run_folder")
-        if folder and world.main and (world.active or isinstance(exc, KeyboardInterrupt)):
+        resumable = isinstance(exc, KeyboardInterrupt) or world.active and isinstance(exc, RuntimeError)
+        if folder and world.main and resumable:
             print(f"\n{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'stopped'}; continue this run with:\n"
                   f"  {resume_command(_run, folder, world.size)}", file=sys.stderr, flush=True)
         raise

@@ -136,4 +136,16 @@ def interrupt_on_sigterm() -> None:
     def handler(signum, _frame):
         raise KeyboardInterrupt(f"stopped by signal {signum}")
 
+    handler.project_handler = True
     signal.signal(signal.SIGTERM, handler)
+
+
+def finishing() -> None:
+    """The run is ending (its result or its error is known): from here on, in a command-line process,
+    Ctrl-C and SIGTERM are ignored, so that Sacred writes the run's final status instead of being
+    interrupted half-way and leaving the record RUNNING (torchrun, for one, sends SIGTERM to the other
+    processes of a launch just as they record a lost peer). The process ends by itself moments later.
+    In-process runs (``ex.run`` from tests or scripts) keep their handlers."""
+    if getattr(signal.getsignal(signal.SIGTERM), "project_handler", False):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
