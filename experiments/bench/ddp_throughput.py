@@ -59,12 +59,9 @@ def timed_epochs(spec: Spec, samples: int, epochs: int) -> float:
 
 
 def rank_worker(rank: int, size: int, port: int, spec: Spec, samples: int, epochs: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
     from experiments.train import distributed
 
-    distributed.setup({"device": "cpu", "train_mode": "main", "dist_timeout": 600})
+    distributed.join_local(rank, size, port)
     seconds = timed_epochs(spec, samples, epochs)
     distributed.shutdown()
     if rank == 0:

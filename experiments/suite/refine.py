@@ -85,7 +85,6 @@ def validation_confusion(checkpoint: Path, data_root: str, defaults: dict) -> tu
     """The confusion matrix of a checkpoint's zero-shot predictions on its split's validation classes
     (rows: true class, columns: predicted), those classes, and the run's config (``defaults``, the
     current config, fill the entries a checkpoint of an older version lacks)."""
-    import torch
     from sklearn.metrics import confusion_matrix
 
     from data.catalog import get_dataset

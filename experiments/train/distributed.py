@@ -105,6 +105,17 @@ def setup(cfg: dict) -> World:
     return w
 
 
+def join_local(rank: int, size: int, port: int, timeout: float = 600) -> World:
+    """Make this process rank ``rank`` of a ``size``-process launch on this machine, as torchrun would
+    (one thread each; a process started by ``torch.multiprocessing.spawn``: the tests, the benchmark)."""
+    import torch
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    return setup({"device": "cpu", "train_mode": "main", "dist_timeout": timeout})
+
+
 def rank_device(device):
     """``cuda`` becomes ``cuda:LOCAL_RANK`` in a launch (one GPU per process)."""
     import torch

@@ -2,7 +2,6 @@
 ``torch.multiprocessing.spawn`` (a module-level function, so the spawned interpreter can import it)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -10,12 +9,9 @@ import torch
 
 def join(rank: int, size: int, port: int) -> None:
     """Make this process rank ``rank`` of a ``size``-process launch, as torchrun would."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
     from experiments.train import distributed
 
-    distributed.setup({"device": "cpu", "train_mode": "main", "dist_timeout": 60})
+    distributed.join_local(rank, size, port, timeout=60)
 
 
 def leave() -> None:
