@@ -43,7 +43,7 @@ def raw_config():
     labels = ""  # PKU-MMD: the label folder (Train_Label_PKU_final)
     split_file = ""  # PKU-MMD: cross-subject.txt
     protocol = ""  # train/test protocol; "" = the dataset's standard (xsub; NW-UCLA xview)
-    splits = []  # split ids to write; [] = every zero-shot split of the dataset
+    splits = []  # split ids to write; [] = every zero-shot split of the dataset; "none" = the samples only
     workers = 1  # reader processes
     shard_size = 1000  # items per shard: the unit of memory use and of resuming
     name = ""  # prepare_generic: the new dataset's name
@@ -288,6 +288,10 @@ def config():
     # Limited scale (SkeletonX's protocol): N training samples per class, drawn seeded (0 = all); recorded
     samples_per_class = 0
     samples_seed = 0  # the draw's seed (fixed across training seeds: the seeds then vary the training only)
+    # Auxiliary training classes (data/auxiliary.py): another prepared dataset's samples and class texts, minus its
+    # classes whose label text is within aux_max_similarity (cosine) of a held-out class (validation or unseen)
+    aux_dataset = _d.get("aux_dataset", "")  # "" = none; e.g. "ntu120" (prepared with raw.splits=none)
+    aux_max_similarity = 0.5
     # SkeletonX (module/skeletonx.py), any training track: decoupled performer/action features, each sample
     # paired with same-action/other-performer and other-action/same-performer samples, swapped features scored
     aggregation = False

@@ -176,7 +176,10 @@ def prepare_dataset(dataset: str, data_root: str | Path, raw: dict, log: Log = p
     protocol = raw.get("protocol") or source.protocols[0]
     if protocol not in source.protocols:
         raise ValueError(f"raw.protocol={protocol!r}: {dataset} supports {list(source.protocols)}")
-    ids = [str(s) for s in raw.get("splits") or []] or published_split_ids(dataset, data_root)
+    if raw.get("splits") == "none":  # stage 1 only: samples for aux_dataset (data/auxiliary.py)
+        ids = []
+    else:
+        ids = [str(s) for s in raw.get("splits") or []] or published_split_ids(dataset, data_root)
     for key in ids:
         split_spec(dataset, key, data_root)  # unknown split ids fail before the long stage 1
     origin = origin_index(spec.layout, spec.origin_joint)

@@ -42,6 +42,7 @@ COMPONENTS: dict[str, dict] = {
     "minilm": {"text_model": "minilm"},
     "cos": {"lr_schedule": "cos"},
     "aggregation": {"aggregation": True},  # SkeletonX's decoupled features and cross-sample aggregation
+    "aux_ntu": {"aux_dataset": "ntu120"},  # NTU's classes beside the seen ones, minus those near a held-out class
     "folds": {"selection": "folds"},  # selection over 3 validation folds, then training on every seen class
     "original_protocol": {"selection": "test", "learn_temperature": False},  # the research code's (labelled)
 }

@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+import numpy as np
 import torch
 
+from data.auxiliary import load_auxiliary
 from data.catalog import get_dataset
 from data.loading import Subset, ZeroShotData, limit_training, load_zero_shot
 from experiments.train import distributed
@@ -47,14 +49,18 @@ def build_model(m: ModelSettings, aggregation: bool = False) -> SkeletonTextMode
     return SkeletonTextModel(backbone, m.text_dim, **kwargs)
 
 
-def class_texts(s: Settings, model: torch.nn.Module, num_classes: int) -> torch.Tensor:
+def class_texts(s: Settings, model: torch.nn.Module, num_classes: int, aux_classes: int = 0) -> torch.Tensor:
     """The class-text matrix the run aligns with: ``text_kind``'s embeddings (a ``+`` ensemble
-    averaged), fused with the ``part_text_kind`` texts for a part-aware model."""
+    averaged), fused with the ``part_text_kind`` texts for a part-aware model; with ``aux_classes``,
+    the ``aux_dataset``'s rows follow the dataset's (``data/auxiliary.py``)."""
     d, t = s.data, s.text
 
     def load(kind: str) -> torch.Tensor:
-        return torch.from_numpy(text_embeddings.load_text(d.data_root, d.dataset, kind, t.model,
-                                                          num_classes=num_classes, dim=t.dim))
+        rows = [text_embeddings.load_text(d.data_root, d.dataset, kind, t.model, num_classes=num_classes, dim=t.dim)]
+        if aux_classes:
+            rows.append(text_embeddings.load_text(d.data_root, d.aux_dataset, kind, t.model, num_classes=aux_classes,
+                                                  dim=t.dim))
+        return torch.from_numpy(np.concatenate(rows))
 
     text = load(t.kind)
     if isinstance(model, PartAwareModel):
@@ -111,12 +117,36 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
     limited = limit_training(data, d.samples_per_class, d.samples_seed)
     model = build_model(s.model, s.aggregation.enabled)
     data.record.update(limited, **start_encoder(s, model))
-    text = class_texts(s, model, spec.num_classes)
+    aux_classes = add_auxiliary(s, data, spec.num_classes, held_out=[*d.unseen_classes, *(d.val_classes if use_val else [])])
+    text = class_texts(s, model, spec.num_classes, aux_classes)
     device = resolve_device(s.run.device)
     autocast(device, s.run.precision)  # validates the key before any work
     place_data(data, device, s.run.data_on_device)
     model = attach_fr_head(model, s, len(data.train.classes))
     return data, text, distributed.maybe_sync_batchnorm(model, s.run.sync_batchnorm).to(device), device
+
+
+def add_auxiliary(s: Settings, data: ZeroShotData, num_classes: int, held_out: list[int]) -> int:
+    """``aux_dataset``: its samples appended to ``data.train`` as classes ``num_classes + c``, minus its
+    classes near a held-out one (``data/auxiliary.py``); returns its class count (0 without one)."""
+    d = s.data
+    if not d.aux_dataset:
+        return 0
+    if s.aggregation.enabled:
+        raise ValueError("aux_dataset does not combine with aggregation=True: cross-sample aggregation pairs samples "
+                         "by performer, and the auxiliary samples' performers are not the dataset's")
+
+    def labels_of(dataset: str, k: int) -> np.ndarray:
+        return text_embeddings.load_text(d.data_root, dataset, "labels", s.text.model, num_classes=k, dim=s.text.dim)
+
+    aux = load_auxiliary(d.data_root, d.aux_dataset, d.dataset, held_out, d.max_frame, labels_of,
+                         d.aux_max_similarity)
+    t = data.train
+    data.train = Subset(torch.cat([t.x, torch.from_numpy(aux.x)]), torch.cat([t.y, torch.from_numpy(aux.y + num_classes)]),
+                        [*t.classes, *(num_classes + c for c in aux.kept)])
+    data.train_performer = None
+    data.record.update(aux.record(d.aux_dataset, d.aux_max_similarity))
+    return get_dataset(d.aux_dataset, d.data_root).num_classes
 
 
 def start_encoder(s: Settings, model: torch.nn.Module) -> dict:
