@@ -34,9 +34,10 @@ from module.graph import get_layout
 
 log = logging.getLogger("pgfa")
 
-# Joints that two layouts name differently (target name -> source name): Kinect v1's trunk joints are
-# the Kinect v2 joints at the same places of the body.
-JOINT_ALIASES = {"hip_center": "spine_base", "spine": "spine_mid", "shoulder_center": "spine_shoulder"}
+# Joints that two layouts name differently, either way round: Kinect v1's trunk joints are the Kinect v2
+# joints at the same places of the body.
+_SAME_JOINT = (("hip_center", "spine_base"), ("spine", "spine_mid"), ("shoulder_center", "spine_shoulder"))
+JOINT_ALIASES = {**dict(_SAME_JOINT), **{b: a for a, b in _SAME_JOINT}}
 
 
 class AuxiliaryError(ValueError):
