@@ -15,7 +15,8 @@ dataset's own class texts:
   comes from a class that was trained on under another name. This uses the held-out classes' names
   only, as zero-shot inference does; never their samples;
 * auxiliary class ``c`` becomes class id ``num_classes + c`` of the run, so the run's text matrix is
-  the target dataset's rows followed by the auxiliary dataset's.
+  the target dataset's rows followed by the auxiliary dataset's (several, ``"ntu120+nw_ucla"``: each
+  one's rows after the previous one's).
 
 The result records which classes were used and which were left out, and why.
 """
@@ -51,10 +52,19 @@ class Auxiliary:
     kept: list[int]          # auxiliary class ids trained on
     excluded: dict[int, dict]  # auxiliary class id -> {"near": held-out class id, "similarity": cosine}
 
-    def record(self, dataset: str, max_similarity: float) -> dict:
-        return {"aux_dataset": dataset, "aux_max_similarity": max_similarity, "aux_samples": int(len(self.y)),
-                "aux_classes": len(self.kept),
-                "aux_excluded": {str(c): v for c, v in sorted(self.excluded.items())}}
+    def record(self) -> dict:
+        return {"samples": int(len(self.y)), "classes": len(self.kept),
+                "excluded": {str(c): v for c, v in sorted(self.excluded.items())}}
+
+
+def aux_names(spec: str, target: str) -> list[str]:
+    """``aux_dataset`` as a list: one dataset or several joined by ``+`` (``"ntu120+nw_ucla"``)."""
+    names = [n.strip() for n in str(spec).split("+") if n.strip()]
+    if len(set(names)) != len(names):
+        raise AuxiliaryError(f"aux_dataset={spec!r} names a dataset twice")
+    if target in names:
+        raise AuxiliaryError(f"aux_dataset={spec!r} names the run's own dataset {target!r}; name other prepared datasets")
+    return names
 
 
 def joint_map(source: str, target: str) -> list[int]:
@@ -118,8 +128,8 @@ def load_auxiliary(data_root: str | Path, aux_dataset: str, target: str, held_ou
     ``labels_of(dataset, num_classes)``: the ``labels`` embedding rows of a dataset (the run's text model)."""
     from data.loading import resample_time
 
-    if aux_dataset == target:
-        raise AuxiliaryError(f"aux_dataset={aux_dataset!r} is the run's own dataset; name another prepared dataset")
+    if len(aux_names(aux_dataset, target)) != 1:
+        raise AuxiliaryError(f"load_auxiliary reads one dataset, not {aux_dataset!r}")
     if not 0.0 < max_similarity <= 1.0:
         raise AuxiliaryError(f"aux_max_similarity must be in (0, 1], got {max_similarity}")
     aux_spec, spec = get_dataset(aux_dataset, data_root), get_dataset(target, data_root)

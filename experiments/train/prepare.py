@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from data.auxiliary import load_auxiliary
+from data.auxiliary import aux_names, load_auxiliary
 from data.catalog import get_dataset
 from data.loading import Subset, ZeroShotData, limit_training, load_zero_shot
 from experiments.train import distributed
@@ -49,18 +49,17 @@ def build_model(m: ModelSettings, aggregation: bool = False) -> SkeletonTextMode
     return SkeletonTextModel(backbone, m.text_dim, **kwargs)
 
 
-def class_texts(s: Settings, model: torch.nn.Module, num_classes: int, aux_classes: int = 0) -> torch.Tensor:
+def class_texts(s: Settings, model: torch.nn.Module, num_classes: int,
+                aux: list[tuple[str, int]] = ()) -> torch.Tensor:
     """The class-text matrix the run aligns with: ``text_kind``'s embeddings (a ``+`` ensemble
-    averaged), fused with the ``part_text_kind`` texts for a part-aware model; with ``aux_classes``,
-    the ``aux_dataset``'s rows follow the dataset's (``data/auxiliary.py``)."""
+    averaged), fused with the ``part_text_kind`` texts for a part-aware model; the rows of each
+    auxiliary ``(dataset, classes)`` follow the dataset's (``add_auxiliary``)."""
     d, t = s.data, s.text
 
     def load(kind: str) -> torch.Tensor:
-        rows = [text_embeddings.load_text(d.data_root, d.dataset, kind, t.model, num_classes=num_classes, dim=t.dim)]
-        if aux_classes:
-            rows.append(text_embeddings.load_text(d.data_root, d.aux_dataset, kind, t.model, num_classes=aux_classes,
-                                                  dim=t.dim))
-        return torch.from_numpy(np.concatenate(rows))
+        return torch.from_numpy(np.concatenate([
+            text_embeddings.load_text(d.data_root, name, kind, t.model, num_classes=k, dim=t.dim)
+            for name, k in [(d.dataset, num_classes), *aux]]))
 
     text = load(t.kind)
     if isinstance(model, PartAwareModel):
@@ -117,8 +116,8 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
     limited = limit_training(data, d.samples_per_class, d.samples_seed)
     model = build_model(s.model, s.aggregation.enabled)
     data.record.update(limited, **start_encoder(s, model))
-    aux_classes = add_auxiliary(s, data, spec.num_classes, held_out=[*d.unseen_classes, *(d.val_classes if use_val else [])])
-    text = class_texts(s, model, spec.num_classes, aux_classes)
+    aux = add_auxiliary(s, data, spec.num_classes, held_out=[*d.unseen_classes, *(d.val_classes if use_val else [])])
+    text = class_texts(s, model, spec.num_classes, aux)
     device = resolve_device(s.run.device)
     autocast(device, s.run.precision)  # validates the key before any work
     place_data(data, device, s.run.data_on_device)
@@ -126,12 +125,13 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
     return data, text, distributed.maybe_sync_batchnorm(model, s.run.sync_batchnorm).to(device), device
 
 
-def add_auxiliary(s: Settings, data: ZeroShotData, num_classes: int, held_out: list[int]) -> int:
-    """``aux_dataset``: its samples appended to ``data.train`` as classes ``num_classes + c``, minus its
-    classes near a held-out one (``data/auxiliary.py``); returns its class count (0 without one)."""
+def add_auxiliary(s: Settings, data: ZeroShotData, num_classes: int, held_out: list[int]) -> list[tuple[str, int]]:
+    """``aux_dataset``: each one's samples appended to ``data.train`` as classes after the dataset's
+    (``num_classes + c`` for the first), minus its classes near a held-out one (``data/auxiliary.py``);
+    returns each auxiliary dataset with its class count (none without ``aux_dataset``)."""
     d = s.data
     if not d.aux_dataset:
-        return 0
+        return []
     if s.aggregation.enabled:
         raise ValueError("aux_dataset does not combine with aggregation=True: cross-sample aggregation pairs samples "
                          "by performer, and the auxiliary samples' performers are not the dataset's")
@@ -139,14 +139,22 @@ def add_auxiliary(s: Settings, data: ZeroShotData, num_classes: int, held_out: l
     def labels_of(dataset: str, k: int) -> np.ndarray:
         return text_embeddings.load_text(d.data_root, dataset, "labels", s.text.model, num_classes=k, dim=s.text.dim)
 
-    aux = load_auxiliary(d.data_root, d.aux_dataset, d.dataset, held_out, d.max_frame, labels_of,
-                         d.aux_max_similarity)
-    t = data.train
-    data.train = Subset(torch.cat([t.x, torch.from_numpy(aux.x)]), torch.cat([t.y, torch.from_numpy(aux.y + num_classes)]),
-                        [*t.classes, *(num_classes + c for c in aux.kept)])
+    t, offset, sizes, records = data.train, num_classes, [], {}
+    xs, ys, classes = [t.x], [t.y], list(t.classes)
+    for name in aux_names(d.aux_dataset, d.dataset):
+        aux = load_auxiliary(d.data_root, name, d.dataset, held_out, d.max_frame, labels_of, d.aux_max_similarity)
+        xs.append(torch.from_numpy(aux.x))
+        ys.append(torch.from_numpy(aux.y + offset))
+        classes += [offset + c for c in aux.kept]
+        records[name] = aux.record()
+        sizes.append((name, get_dataset(name, d.data_root).num_classes))
+        offset += sizes[-1][1]
+    data.train = Subset(torch.cat(xs), torch.cat(ys), classes)
     data.train_performer = None
-    data.record.update(aux.record(d.aux_dataset, d.aux_max_similarity))
-    return get_dataset(d.aux_dataset, d.data_root).num_classes
+    data.record.update(aux_dataset=d.aux_dataset, aux_max_similarity=d.aux_max_similarity,
+                       aux_samples=sum(r["samples"] for r in records.values()),
+                       aux_classes=sum(r["classes"] for r in records.values()), aux=records)
+    return sizes
 
 
 def start_encoder(s: Settings, model: torch.nn.Module) -> dict:

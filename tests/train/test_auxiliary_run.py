@@ -22,7 +22,7 @@ def test_a_run_trains_on_the_auxiliary_classes_and_records_them(text_root, tmp_p
     res = ex.run(config_updates={**base, "out_dir": str(tmp_path / "run")}, options=OPTS).result
     held_out = set(res["unseen_classes"]) | set(res["val_classes"])
     assert res["aux_dataset"] == "ntu120" and res["aux_max_similarity"] == 0.5
-    excluded = {int(c): v for c, v in res["aux_excluded"].items()}
+    excluded = {int(c): v for c, v in res["aux"]["ntu120"]["excluded"].items()}
     assert all(v["near"] in held_out and v["similarity"] >= 0.5 for v in excluded.values())
     assert res["aux_classes"] + len(excluded) == 5  # the classes the samples hold: 0, 1, 2, 9, 58
     counts = {0: 2, 1: 1, 2: 2, 9: 2, 58: 3}
@@ -30,6 +30,13 @@ def test_a_run_trains_on_the_auxiliary_classes_and_records_them(text_root, tmp_p
     # at the loosest threshold only an identical label text would be left out: every class is trained on
     loose = ex.run(config_updates={**base, "aux_max_similarity": 1.0, "out_dir": str(tmp_path / "loose")},
                    options=OPTS).result
-    assert loose["aux_samples"] == 10 and loose["aux_classes"] == 5 and loose["aux_excluded"] == {}
+    assert loose["aux_samples"] == 10 and loose["aux_classes"] == 5 and loose["aux"]["ntu120"]["excluded"] == {}
+    # two auxiliary datasets: each one's classes after the previous one's, each recorded
+    write_samples(root, "ntu60", [3, 3, 4], shape=(3, 50, 25, 2), seed=1)
+    embeddings.build(root, "ntu60", "labels", "minilm", 60)
+    both = ex.run(config_updates={**base, "aux_dataset": "ntu120+ntu60", "aux_max_similarity": 1.0,
+                                  "out_dir": str(tmp_path / "both")}, options=OPTS).result
+    assert both["aux"]["ntu120"] == loose["aux"]["ntu120"] and both["aux"]["ntu60"]["samples"] == 3
+    assert both["aux_samples"] == 13 and both["aux_classes"] == 7
     with pytest.raises(ValueError, match="does not combine with aggregation"):
         ex.run(config_updates={**base, "aggregation": True, "out_dir": str(tmp_path / "agg")}, options=OPTS)

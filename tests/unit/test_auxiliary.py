@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from data.auxiliary import AuxiliaryError, convert, joint_map, load_auxiliary, select_classes
+from data.auxiliary import AuxiliaryError, aux_names, convert, joint_map, load_auxiliary, select_classes
 from module.graph import get_layout
 
 
@@ -71,8 +71,7 @@ def test_load_auxiliary_converts_the_kept_classes_and_records_what_it_left_out(t
                          labels_of=lambda ds, k: rows[ds][:k], max_similarity=0.5)
     assert aux.kept == [0, 5] and aux.excluded == {1: {"near": 0, "similarity": 1.0}}
     assert aux.y.tolist() == [0, 0, 5, 5, 5] and aux.x.shape == (5, 3, 20, 20, 1)
-    rec = aux.record("ntu120", 0.5)
-    assert rec["aux_samples"] == 5 and rec["aux_classes"] == 2 and rec["aux_excluded"] == {"1": aux.excluded[1]}
+    assert aux.record() == {"samples": 5, "classes": 2, "excluded": {"1": aux.excluded[1]}}
     same = load_auxiliary(tmp_path, "ntu120", "utd_mhad", [0, 3], 50, lambda ds, k: rows[ds][:k], 0.5)
     ref = convert(x[[0, 1, 3, 4, 5]], joint_map("ntu25", "kinect20"), 1, 1)
     assert np.allclose(same.x, ref)  # at the prepared length, no resampling
@@ -82,8 +81,11 @@ def test_load_auxiliary_converts_the_kept_classes_and_records_what_it_left_out(t
 
 def test_bad_auxiliary_requests_are_named(tmp_path):
     rows = lambda ds, k: np.eye(k, 8, dtype=np.float32)  # noqa: E731
-    with pytest.raises(AuxiliaryError, match="the run's own dataset"):
-        load_auxiliary(tmp_path, "utd_mhad", "utd_mhad", [0], 50, rows, 0.5)
+    with pytest.raises(AuxiliaryError, match="the run's own dataset 'utd_mhad'"):
+        load_auxiliary(tmp_path, "ntu120+utd_mhad", "utd_mhad", [0], 50, rows, 0.5)
+    with pytest.raises(AuxiliaryError, match="names a dataset twice"):
+        aux_names("ntu120+ntu120", "utd_mhad")
+    assert aux_names("ntu120 + nw_ucla", "utd_mhad") == ["ntu120", "nw_ucla"]
     with pytest.raises(AuxiliaryError, match=r"aux_max_similarity must be in \(0, 1\]"):
         load_auxiliary(tmp_path, "ntu120", "utd_mhad", [0], 50, rows, 1.5)
     with pytest.raises(AuxiliaryError, match="no prepared samples.*dataset=ntu120 raw.path=.*raw.splits=none"):
