@@ -112,6 +112,12 @@ def ablation_config():
     out = ""  # also write the table to this Markdown file
 
 
+@ablation.capture
+def ablation_settings(components, combos, extra, run, out) -> dict:
+    """Captured by the ingredient, so the free-form ``extra`` may hold any overrides (Sacred notes each added key)."""
+    return {"components": list(components), "combos": [list(c) for c in combos], "extra": plain(extra),
+            "run": bool(run), "out": str(out)}
+
 @report.config
 def report_config():
     datasets = []  # [] = all
@@ -288,10 +294,9 @@ def config():
     # Limited scale (SkeletonX's protocol): N training samples per class, drawn seeded (0 = all); recorded
     samples_per_class = 0
     samples_seed = 0  # the draw's seed (fixed across training seeds: the seeds then vary the training only)
-    # Auxiliary training classes (data/auxiliary.py): another prepared dataset's samples and class texts, minus its
-    # classes whose label text is within aux_max_similarity (cosine) of a held-out class (validation or unseen)
-    aux_dataset = _d.get("aux_dataset", "")  # "" = none; e.g. "ntu120" (prepared with raw.splits=none)
-    aux_max_similarity = 0.5
+    # Auxiliary training classes (data/auxiliary.py): other prepared datasets' samples and texts ("ntu120+nw_ucla")
+    aux_dataset = _d.get("aux_dataset", "")  # "" = none
+    aux_max_similarity = 0.5  # their classes whose label text is this close (cosine) to a held-out class: left out
     # SkeletonX (module/skeletonx.py), any training track: decoupled performer/action features, each sample
     # paired with same-action/other-performer and other-action/same-performer samples, swapped features scored
     aggregation = False

@@ -24,7 +24,7 @@ import os
 import sys
 
 import experiments.tracking.commands  # noqa: F401  (registers the run database's side commands)
-from config import ex, sweep_options, sweep_settings
+from config import ablation_settings, ex, sweep_options, sweep_settings
 from experiments.experiment import use_short_errors
 from experiments.tracking.output import interrupt_on_sigterm
 
@@ -241,7 +241,7 @@ def sweep(data_root, mongo_url):
 
 
 @ex.command(unobserved=True)
-def ablation(data_root, mongo_url, ablation):
+def ablation(data_root, mongo_url):
     """Component on/off rows (ablation.components, ablation.combos) against a baseline, over the sweep's
     datasets x splits x seeds: runs the sweep (skipping COMPLETED points), then prints the ablation table
     pooled over splits and seeds (experiments/suite/ablation.py)."""
@@ -250,19 +250,18 @@ def ablation(data_root, mongo_url, ablation):
     from experiments.files import write_text_atomic
     from experiments.suite.ablation import run_ablation, to_markdown
     from experiments.tracking.database import connect, resolve_target
-    from experiments.tracking.output import plain
 
-    s = sweep_settings()
-    rows = run_ablation(connect(resolve_target(mongo_url)), s, plain(ablation), data_root, sweep_options(s),
+    s, opts = sweep_settings(), ablation_settings()
+    rows = run_ablation(connect(resolve_target(mongo_url)), s, opts, data_root, sweep_options(s),
                         mongo_url=mongo_url)
     if not rows:
         print("no COMPLETED runs of these variants yet")
         return {}
     table = to_markdown(rows)
     print(table)
-    if ablation["out"]:
-        write_text_atomic(Path(ablation["out"]), table)
-        print(f"wrote {ablation['out']}")
+    if opts["out"]:
+        write_text_atomic(Path(opts["out"]), table)
+        print(f"wrote {opts['out']}")
     return {"variants": list(dict.fromkeys(r.variant for r in rows)), "rows": len(rows)}
 
 

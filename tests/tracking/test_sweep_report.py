@@ -177,16 +177,17 @@ def test_ablation_command_runs_rows_and_prints_the_table(demo_root, tmp_path):
     base = ("{'text_model': 'minilm', 'text_kind': 'labels', 'epoch_num': 1, 'hidden_channels': 4, "
             "'out_channels': 32, 'batch_size': 64, 'warmup_epochs': 1, 'monitor_unseen': False}")
     args = [sys.executable, "main.py", "ablation", "with", f"data_root={str(demo_root)!r}", "sweep.datasets=['demo']",
-            "sweep.splits=[1]", "sweep.seeds=[0]", f"sweep.base={base}", "ablation.components=['part_align']",
+            "sweep.splits=[1]", "sweep.seeds=[0]", f"sweep.base={base}", "ablation.components=['parts_on']",
+            "ablation.extra={'parts_on': {'part_align': True}}",  # a study's own component, from the command line
             f"ablation.out={str(tmp_path / 'ablation.md')!r}"]
     try:
         out = subprocess.run(args, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "ablation: 2 variants" in out.stdout and "sweep: 2 completed" in out.stdout
         table = (tmp_path / "ablation.md").read_text()
-        assert "| demo | baseline | 1 |" in table and "| demo | +part_align | 1 |" in table
+        assert "| demo | baseline | 1 |" in table and "| demo | +parts_on | 1 |" in table
         db = database(dbserver.read_server_state(tmp_path / "tracking").url)
-        assert db.runs.find_one({"config.tag": "+part_align"})["config"]["part_align"] is True
+        assert db.runs.find_one({"config.tag": "+parts_on"})["config"]["part_align"] is True
     finally:
         subprocess.run([sys.executable, "main.py", "server_stop"], env=env, cwd=PROJECT_ROOT, capture_output=True,
                        timeout=60)
