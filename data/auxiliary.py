@@ -121,6 +121,16 @@ def select_classes(aux_labels: np.ndarray, target_labels: np.ndarray, present: l
     return kept, excluded
 
 
+def prepared_samples(data_root: str | Path, dataset: str) -> SampleSet:
+    """The stage-1 samples of an auxiliary dataset, or an error naming the command that writes them."""
+    spec = get_dataset(dataset, data_root)
+    folder = samples_dir(data_root, dataset, spec.frames)
+    if not (folder / "manifest.json").is_file():
+        raise AuxiliaryError(f"aux_dataset {dataset!r}: no prepared samples in {folder}; prepare them with: "
+                             f"{spec.prepare} raw.splits=none")
+    return SampleSet(folder)
+
+
 def load_auxiliary(data_root: str | Path, aux_dataset: str, target: str, held_out: list[int], frames: int,
                    labels_of, max_similarity: float) -> Auxiliary:
     """The auxiliary training samples of a run on ``target`` that holds out ``held_out`` classes.
@@ -133,11 +143,7 @@ def load_auxiliary(data_root: str | Path, aux_dataset: str, target: str, held_ou
     if not 0.0 < max_similarity <= 1.0:
         raise AuxiliaryError(f"aux_max_similarity must be in (0, 1], got {max_similarity}")
     aux_spec, spec = get_dataset(aux_dataset, data_root), get_dataset(target, data_root)
-    folder = samples_dir(data_root, aux_dataset, aux_spec.frames)
-    if not (folder / "manifest.json").is_file():
-        raise AuxiliaryError(f"aux_dataset={aux_dataset!r}: no prepared samples in {folder}; prepare them first "
-                             f"({aux_spec.prepare} raw.path=<its raw files> raw.splits=none)")
-    samples = SampleSet(folder)
+    samples = prepared_samples(data_root, aux_dataset)
     present = sorted(int(c) for c in np.unique(samples.label))
     kept, excluded = select_classes(labels_of(aux_dataset, aux_spec.num_classes),
                                     labels_of(target, spec.num_classes), present, list(held_out), max_similarity)

@@ -36,9 +36,25 @@ def preflight(cfg: dict) -> None:
         kinds = kinds_of(cfg["text_kind"]) + (kinds_of(cfg["part_text_kind"]) if cfg.get("part_align") else [])
         for kind in dict.fromkeys(kinds):
             load_class_texts(cfg["dataset"], kind, spec.num_classes, data_root=cfg["data_root"])
+    if cfg.get("aux_dataset"):
+        check_auxiliary(cfg, mode)
     init = str(cfg.get("init_from") or "")
     if init and not init.isdigit() and not Path(init).expanduser().exists():
         raise FileNotFoundError(f"init_from={init!r}: no such checkpoint or run folder (give a best.pt, a folder "
                                 "holding one, or the id of a recorded run)")
     if cfg["resume"] and not (Path(cfg["resume"]) / STATE_FILE).is_file():
         raise FileNotFoundError(f"resume={cfg['resume']!r}: no {STATE_FILE} there (a run writes it after each epoch)")
+
+
+def check_auxiliary(cfg: dict, mode: str) -> None:
+    """``aux_dataset``: a zero-shot track, and each auxiliary dataset's prepared samples and class texts."""
+    from data.auxiliary import aux_names, prepared_samples
+
+    if mode not in ("main", "sota", "one_shot", "test"):
+        raise ValueError(f"aux_dataset={cfg['aux_dataset']!r}: auxiliary classes are for the zero-shot tracks (main, "
+                         f"sota, one_shot), not train_mode={mode!r}")
+    kinds = ["labels", *kinds_of(cfg["text_kind"]), *(kinds_of(cfg["part_text_kind"]) if cfg.get("part_align") else [])]
+    for name in aux_names(cfg["aux_dataset"], cfg["dataset"]):
+        prepared_samples(cfg["data_root"], name)
+        for kind in dict.fromkeys(kinds):
+            load_class_texts(name, kind, get_dataset(name, cfg["data_root"]).num_classes, data_root=cfg["data_root"])

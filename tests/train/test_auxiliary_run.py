@@ -38,5 +38,9 @@ def test_a_run_trains_on_the_auxiliary_classes_and_records_them(text_root, tmp_p
                                   "out_dir": str(tmp_path / "both")}, options=OPTS).result
     assert both["aux"]["ntu120"] == loose["aux"]["ntu120"] and both["aux"]["ntu60"]["samples"] == 3
     assert both["aux_samples"] == 13 and both["aux_classes"] == 7
+    with pytest.raises(ValueError, match="not train_mode='supervised'"):  # refused before anything is recorded
+        ex.run(config_updates={**base, "train_mode": "supervised"}, options=OPTS)
+    with pytest.raises(ValueError, match="aux_dataset 'ntu120': no prepared samples.*raw.splits=none"):
+        ex.run(config_updates={**base, "aux_dataset": "ntu120+ntu60", "data_root": str(text_root)}, options=OPTS)
     with pytest.raises(ValueError, match="does not combine with aggregation"):
         ex.run(config_updates={**base, "aggregation": True, "out_dir": str(tmp_path / "agg")}, options=OPTS)

@@ -88,7 +88,7 @@ def test_bad_auxiliary_requests_are_named(tmp_path):
     assert aux_names("ntu120 + nw_ucla", "utd_mhad") == ["ntu120", "nw_ucla"]
     with pytest.raises(AuxiliaryError, match=r"aux_max_similarity must be in \(0, 1\]"):
         load_auxiliary(tmp_path, "ntu120", "utd_mhad", [0], 50, rows, 1.5)
-    with pytest.raises(AuxiliaryError, match="no prepared samples.*dataset=ntu120 raw.path=.*raw.splits=none"):
+    with pytest.raises(AuxiliaryError, match="no prepared samples.*prepare with dataset=ntu120 raw.path=.* raw.splits=none"):
         load_auxiliary(tmp_path, "ntu120", "utd_mhad", [0], 50, rows, 0.5)
     with pytest.raises(ValueError, match="unknown dataset|not a known|no dataset"):
         load_auxiliary(tmp_path, "no_such_set", "utd_mhad", [0], 50, rows, 0.5)
