@@ -43,6 +43,8 @@ COMPONENTS: dict[str, dict] = {
     "cos": {"lr_schedule": "cos"},
     "aggregation": {"aggregation": True},  # SkeletonX's decoupled features and cross-sample aggregation
     "aux_ntu": {"aux_dataset": "ntu120"},  # NTU's classes beside the seen ones, minus those near a held-out class
+    "aux_ntu_ucla": {"aux_dataset": "ntu120+nw_ucla"},  # (for UTD-MHAD) NTU's and NW-UCLA's classes
+    "aux_ntu_utd": {"aux_dataset": "ntu120+utd_mhad"},  # (for NW-UCLA) NTU's and UTD-MHAD's classes
     "folds": {"selection": "folds"},  # selection over 3 validation folds, then training on every seen class
     "original_protocol": {"selection": "test", "learn_temperature": False},  # the research code's (labelled)
 }
