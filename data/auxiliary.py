@@ -32,6 +32,7 @@ from data.catalog import get_dataset
 from data.samples import SampleSet, samples_dir
 from data.skeleton import origin_index
 from module.graph import get_layout
+from text.embeddings import unit_rows
 
 log = logging.getLogger("pgfa")
 
@@ -100,17 +101,13 @@ def convert(x: np.ndarray, joints: list[int], persons: int, origin: int) -> np.n
     return out
 
 
-def unit(rows: np.ndarray) -> np.ndarray:
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True).clip(min=1e-12)
-
-
 def select_classes(aux_labels: np.ndarray, target_labels: np.ndarray, present: list[int], held_out: list[int],
                    max_similarity: float) -> tuple[list[int], dict[int, dict]]:
     """The auxiliary classes of ``present`` to train on, and the ones left out: those whose label
     embedding has a cosine of ``max_similarity`` or more with a held-out target class's."""
     if not held_out:
         return sorted(present), {}
-    sim = unit(aux_labels[present]) @ unit(target_labels[held_out]).T  # (present, held out)
+    sim = unit_rows(aux_labels[present]) @ unit_rows(target_labels[held_out]).T  # (present, held out)
     kept, excluded = [], {}
     for row, c in enumerate(present):
         j = int(np.argmax(sim[row]))

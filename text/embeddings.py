@@ -113,8 +113,12 @@ def load_text(data_root: str | Path, dataset: str, kind: str, model: str, *, num
         return load(data_root, dataset, kind, model, num_classes=num_classes, dim=dim, build_missing=build_missing)
     rows = [load(data_root, dataset, k, model, num_classes=num_classes, dim=dim, build_missing=build_missing)
             for k in kinds]
-    unit = [r / np.linalg.norm(r, axis=1, keepdims=True).clip(min=1e-12) for r in rows]
-    return np.mean(unit, axis=0).astype(np.float32)
+    return np.mean([unit_rows(r) for r in rows], axis=0).astype(np.float32)
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (an all-zero row stays zero)."""
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True).clip(min=1e-12)
 
 
 def check(emb: np.ndarray, path: str | Path, *, num_classes: int, dim: int) -> np.ndarray:

@@ -32,12 +32,13 @@ def preflight(cfg: dict) -> None:
         if missing:
             raise FileNotFoundError(f"missing data file {missing[0]} ({cfg['dataset']} split {cfg['split']}); "
                                     f"prepare it with: {spec.prepare}")
+    part_kinds = kinds_of(cfg["part_text_kind"]) if cfg.get("part_align") else []
+    kinds = list(dict.fromkeys(kinds_of(cfg["text_kind"]) + part_kinds))  # the class texts a run aligns with
     if mode not in ("supervised", "linear_eval", "pretrain"):  # the tracks that align with class texts
-        kinds = kinds_of(cfg["text_kind"]) + (kinds_of(cfg["part_text_kind"]) if cfg.get("part_align") else [])
-        for kind in dict.fromkeys(kinds):
+        for kind in kinds:
             load_class_texts(cfg["dataset"], kind, spec.num_classes, data_root=cfg["data_root"])
     if cfg.get("aux_dataset"):
-        check_auxiliary(cfg, mode)
+        check_auxiliary(cfg, mode, kinds)
     init = str(cfg.get("init_from") or "")
     if init and not init.isdigit() and not Path(init).expanduser().exists():
         raise FileNotFoundError(f"init_from={init!r}: no such checkpoint or run folder (give a best.pt, a folder "
@@ -46,15 +47,15 @@ def preflight(cfg: dict) -> None:
         raise FileNotFoundError(f"resume={cfg['resume']!r}: no {STATE_FILE} there (a run writes it after each epoch)")
 
 
-def check_auxiliary(cfg: dict, mode: str) -> None:
-    """``aux_dataset``: a zero-shot track, and each auxiliary dataset's prepared samples and class texts."""
+def check_auxiliary(cfg: dict, mode: str, kinds: list[str]) -> None:
+    """``aux_dataset``: a zero-shot track, and each auxiliary dataset's prepared samples and class texts
+    (``kinds``, and the ``labels`` its classes are filtered by)."""
     from data.auxiliary import aux_names, prepared_samples
 
     if mode not in ("main", "sota", "one_shot", "test"):
         raise ValueError(f"aux_dataset={cfg['aux_dataset']!r}: auxiliary classes are for the zero-shot tracks (main, "
                          f"sota, one_shot), not train_mode={mode!r}")
-    kinds = ["labels", *kinds_of(cfg["text_kind"]), *(kinds_of(cfg["part_text_kind"]) if cfg.get("part_align") else [])]
     for name in aux_names(cfg["aux_dataset"], cfg["dataset"]):
         prepared_samples(cfg["data_root"], name)
-        for kind in dict.fromkeys(kinds):
+        for kind in dict.fromkeys(["labels", *kinds]):
             load_class_texts(name, kind, get_dataset(name, cfg["data_root"]).num_classes, data_root=cfg["data_root"])

@@ -236,7 +236,7 @@ class Settings:
             data=DataSettings(c["dataset"], str(c["data_root"]), c["split"], tuple(c["unseen_classes"]),
                               tuple(c["val_classes"]), int(c["val_seed"]), int(c["max_frame"]), bool(c["gzsl"]),
                               float(c["gzsl_holdout"]), int(c["samples_per_class"]), int(c["samples_seed"]),
-                              str(c.get("aux_dataset") or ""), float(c.get("aux_max_similarity", 0.5))),
+                              str(c["aux_dataset"]), float(c["aux_max_similarity"])),
             model=ModelSettings(c["backbone"], c["modality"], c["input_norm"], c["in_channels"], c["hidden_channels"], c["out_channels"], c["dropout"],
                                 c["graph_layout"], c["graph_strategy"], c["max_hop"], c["edge_importance"],
                                 c["temporal_kernel"], c["num_person"], c["shift_impl"], c["shift_pos_grad"],
