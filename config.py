@@ -174,10 +174,9 @@ def config():
     # Where the run is recorded (experiments/tracking/observer.py). Credentials never reach the stored config.
     mongo_url = ""  # "" = $PGFA_MONGO_URL if set, else the embedded server; or mongodb://user:pass@host:port/db
     offline = False  # True: record locally only; `python main.py sync` uploads to MongoDB later
-    checkpoint = ""  # train_mode="test": a best.pt, a run folder, or the id of a run recorded in MongoDB
+    checkpoint = ""  # train_mode="test": a best.pt, a run folder or a MongoDB run id (its model, dataset, split apply)
     ensemble_members = []  # train_mode="ensemble": run ids, run folders or scores files (experiments/suite/ensemble.py)
     ensemble_weights = []  # [] = FR-Head's stream weights where they apply, else equal (recorded in the result)
-    # (test mode: the checkpoint's model entries, dataset and split are applied when the run starts)
 
     dataset = "demo"  # demo | ntu60 | ntu120 | pku | utd_mhad | nw_ucla | a generic dataset
     data_root = str(DATA_DIR)  # arrays in <data_root>/zeroshot/<dataset>/split_<k>, texts in <data_root>/language
@@ -231,9 +230,8 @@ def config():
     text_dim = _text_dim(text_model)
     init_temperature = _d.get("init_temperature", 0.07)
     learn_temperature = _d.get("learn_temperature", True)  # False reproduces the original's fixed temperature
-    # Part-aware alignment (module/head.py: PartAwareModel): the last feature map pooled per body part
-    # (torso, arms, legs), each part through its own head, aligned with the part_text_kind texts beside
-    # the global embedding; the score is cos(global, text) + part_weight * mean cos(part, part text)
+    # Part-aware alignment (module/head.py: PartAwareModel; docs/zeroshot_small.md): per-part pooled features
+    # and heads aligned with the part_text_kind texts; score cos(global, text) + part_weight * mean part cosine
     part_align = _d.get("part_align", False)
     part_weight = _d.get("part_weight", 1.0)
     part_text_kind = _d.get("part_text_kind", "parts")
@@ -272,14 +270,18 @@ def config():
     label_smoothing = 0.0  # cross-entropy label smoothing
     val_fraction = 0.1  # share of each class's training samples held out (seeded by val_seed) for selection
 
-    # val: select on validation data (zero-shot: held-out seen classes; supervised: the validation part)
-    # test: on test accuracy (the original's / the published tables' best epoch; labelled in the result)
-    # last: the last epoch (supervised only; labelled)
-    # folds: (zero-shot) the epoch whose mean validation top-1 over val_folds folds of seen classes is best
-    #   (the split's validation classes, then folds drawn from the other seen classes), then one run on
-    #   every seen class for that many epochs, its last weights scored (experiments/train/folds.py)
+    # val: the epoch best on validation data (zero-shot: held-out seen classes; supervised: its validation part)
+    # test: best on test accuracy (the original's / the published tables' pick; labelled in the result)
+    # last: the last epoch (supervised only; labelled). folds (zero-shot): the epoch best over val_folds folds
+    #   of seen classes, then one run on every seen class that long (experiments/train/folds.py)
+    # snapshot (zero-shot): no pick; every epoch's embeddings from snapshot_start · epoch_num on averaged
     selection = _d.get("selection", "val")  # (pretrain: last)
     val_folds = 3
+    snapshot_start = 0.25
+    # ConSE at test time (module/align.py: seen_mixture): a sample is the mix of the seen classes' texts
+    conse = _d.get("conse", False)
+    conse_temperature = 0.1  # the softmax temperature over the cosines to the seen classes' texts
+    conse_top_k = 0  # mix only the k most similar seen classes (0: all)
     monitor_unseen = True  # log unseen top-1 per epoch (monitoring only, never used for selection)
     # Weight averaging (experiments/train/averaging.py): the averaged weights are evaluated, selected and kept
     weight_average = "none"  # none | ema (exponential moving average per optimiser step) | swa (uniform, per epoch)
@@ -297,8 +299,7 @@ def config():
     # Auxiliary training classes (data/auxiliary.py): other prepared datasets' samples and texts ("ntu120+nw_ucla")
     aux_dataset = _d.get("aux_dataset", "")  # "" = none
     aux_max_similarity = 0.5  # their classes whose label text is this close (cosine) to a held-out class: left out
-    # SkeletonX (module/skeletonx.py), any training track: decoupled performer/action features, each sample
-    # paired with same-action/other-performer and other-action/same-performer samples, swapped features scored
+    # SkeletonX (module/skeletonx.py), any training track: decoupled performer/action features, cross-sample swaps
     aggregation = False
     aggregation_weight = 0.1  # the aggregated features' loss weight (SkeletonX's w_xsample)
     # Encoder initialisation (experiments/train/init.py): a run id, run folder or checkpoint whose encoder

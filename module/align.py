@@ -10,6 +10,9 @@ embedding (cosine). PGFA then, transductively over the whole unseen test set:
    a class predicted for too few samples (``floor(n · support_factor) < min_support``)
    keeps its text embedding;
 3. re-classifies every sample against the prototypes.
+
+``seen_mixture`` is ConSE's test-time step: an embedding replaced by its mix of the seen
+classes' texts before it is compared with the unseen ones.
 """
 from __future__ import annotations
 
@@ -70,3 +73,30 @@ def prototype_align(feats: torch.Tensor, text: torch.Tensor, support_factor: flo
     prototypes = torch.stack(protos)
     aligned = (f @ F.normalize(prototypes, dim=1).t()).argmax(dim=1)
     return Alignment(pred, aligned, prototypes, torch.tensor(support), ent)
+
+
+def seen_mixture(feats: torch.Tensor, seen_text: torch.Tensor, temperature: float, top_k: int = 0) -> torch.Tensor:
+    """ConSE (Norouzi et al., ICLR 2014): each embedding replaced by the convex combination of the seen
+    classes' unit text embeddings, weighted by its softmax over the cosines to them at ``temperature``.
+
+    An unseen class is then scored by how close its text is to the seen classes the sample resembles,
+    not by where the projection puts samples no training class pulled on.
+
+    Args:
+        feats: (N, D) skeleton embeddings. seen_text: (S, D) text embeddings of the training classes.
+        top_k: mix only each sample's ``top_k`` most similar seen classes (0: all; ties with the
+            ``top_k``-th are kept).
+
+    Returns:
+        (N, D) embeddings in the text space (unit rows of ``seen_text`` mixed; not normalised).
+    """
+    if temperature <= 0:
+        raise ValueError(f"conse_temperature must be > 0, got {temperature}")
+    if not 0 <= top_k:
+        raise ValueError(f"conse_top_k must be >= 0 (0: every seen class), got {top_k}")
+    text = F.normalize(seen_text.float(), dim=1)
+    logits = nearest_text(feats, text)[0] / temperature
+    if 0 < top_k < logits.shape[1]:
+        kth = logits.topk(top_k, dim=1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return logits.softmax(dim=1) @ text

@@ -19,9 +19,9 @@ from experiments.tracking.tracker import Tracker
 from experiments.train.artifacts import UNSEEN_SCORES_FILE, class_names, plot_curves, save_scores, write_unseen_report
 from experiments.train.gzsl import choose_gamma, class_scores, evaluate_gzsl, one_shot_eval, pick_exemplars
 from experiments.train.metrics import balanced_accuracy, per_class_accuracy, top1
-from experiments.train.settings import AlignSettings, Settings
+from experiments.train.settings import AlignSettings, ConseSettings, Settings
 from experiments.train.steps import embed
-from module.align import nearest_text, prototype_align
+from module.align import nearest_text, prototype_align, seen_mixture
 from module.head import SkeletonTextModel
 from module.losses import cosine
 
@@ -36,6 +36,8 @@ class Outcome:
     train_seconds: float
     checkpoint: Path
     history: list[dict] = field(default_factory=list)  # per-epoch metrics (empty for a checkpoint evaluation)
+    unseen_feats: torch.Tensor | None = None  # selection="snapshot": the ensemble's unseen embeddings
+    record: dict = field(default_factory=dict)  # entries the result records of how the model was chosen
 
 
 @dataclass
@@ -53,9 +55,15 @@ class ZeroShotResult:
 
 
 def zero_shot_eval(feats: torch.Tensor, labels: torch.Tensor, classes: list[int], text: torch.Tensor,
-                   align: AlignSettings | None = None) -> ZeroShotResult:
-    """Classify ``feats`` among ``classes`` by their text embeddings (and, with ``align``, by prototypes)."""
+                   align: AlignSettings | None = None, conse: ConseSettings | None = None,
+                   seen: list[int] = ()) -> ZeroShotResult:
+    """Classify ``feats`` among ``classes`` by their text embeddings (and, with ``align``, by prototypes).
+    With ``conse`` each embedding is first replaced by its mix of the ``seen`` classes' texts (ConSE)."""
     cls = torch.tensor(classes)
+    if conse is not None:
+        if not len(seen):
+            raise ValueError("conse=True needs the training classes' texts to mix (none given)")
+        feats = seen_mixture(feats, text[torch.tensor(list(seen))].cpu(), conse.temperature, conse.top_k)
     cand = text[cls].cpu()  # (K, D) candidate class texts
     pred = cls[nearest_text(feats, cand)[1]]
     pc = per_class_accuracy(pred, labels, classes)
@@ -73,8 +81,9 @@ def final_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: Ske
     """Score the unseen classes once with the selected model (plus GZSL / one-shot when asked); write the
     artifacts. Shared by training runs and checkpoint evaluation."""
     ev, precision = s.eval, s.run.precision
-    feats = embed(model, data.unseen.x, batch_size=ev.batch_size, device=device, desc="unseen", precision=precision)
-    res = zero_shot_eval(feats, data.unseen.y, data.unseen.classes, text, ev.align)
+    feats = outcome.unseen_feats if outcome.unseen_feats is not None else \
+        embed(model, data.unseen.x, batch_size=ev.batch_size, device=device, desc="unseen", precision=precision)
+    res = zero_shot_eval(feats, data.unseen.y, data.unseen.classes, text, ev.align, ev.conse, data.train.classes)
     result = {
         "dataset": s.data.dataset, "split": str(s.data.split), "train_mode": s.run.train_mode, "seed": s.run.seed,
         "tag": s.run.tag, "selection": ev.selection, "best_epoch": outcome.best_epoch,
@@ -86,7 +95,10 @@ def final_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: Ske
         "train_seconds": round(outcome.train_seconds, 1), "checkpoint": str(outcome.checkpoint),
         **(s.average.record() if s.run.train_mode != "test" else {}),  # (test mode: not this run's training)
         **data.record,  # limited scale, init_from, freeze_backbone
+        **outcome.record,  # selection="snapshot": the epochs averaged
     }
+    if ev.conse is not None:
+        result.update({"conse_temperature": ev.conse.temperature, "conse_top_k": ev.conse.top_k})
     if ev.align is not None:
         result.update({"unseen_top1_aligned": res.top1_aligned,
                        "unseen_per_class_mean_aligned": res.per_class_mean_aligned,
@@ -104,7 +116,7 @@ def final_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: Ske
                                  res.pred_aligned, res.feats, text, res.prototypes)
     # the inductive scores (cosine to each unseen class's text), for stream ensembles
     report.append(save_scores(outcome.checkpoint.parent / UNSEEN_SCORES_FILE,
-                              cosine(feats, text[torch.tensor(data.unseen.classes)].cpu()), data.unseen.y,
+                              cosine(res.feats, text[torch.tensor(data.unseen.classes)].cpu()), data.unseen.y,
                               data.unseen.classes, {"dataset": s.data.dataset, "split": str(s.data.split),
                                                     "modality": s.model.modality}))
     if outcome.history:
@@ -113,13 +125,24 @@ def final_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: Ske
         tracker.add_artifact(path)
     log.info("unseen top-1: inductive %.2f%%%s (per-class mean %.2f%%), %s", res.top1,
              f", aligned {res.top1_aligned:.2f}%" if ev.align is not None else "", res.per_class_mean,
-             f"checkpoint of epoch {outcome.best_epoch + 1} selected by "
-             + {"test": "unseen test accuracy", "folds": "mean validation accuracy over folds (then trained on every "
-                "seen class)"}.get(ev.selection, "validation accuracy"))
+             chosen_by(ev.selection, outcome))
     for key in ("H", "one_shot_top1_exemplar", "one_shot_top1_text", "one_shot_top1_combined"):
         if key in result:
             log.info("%s: %.2f%%", key, result[key])
     return result
+
+
+def chosen_by(selection: str, outcome: Outcome) -> str:
+    """How the scored model was chosen, for the log line of the final score."""
+    if outcome.unseen_feats is not None:
+        first = outcome.record.get("snapshot_from_epoch", 0)
+        return f"snapshot ensemble of epochs {first + 1}-{outcome.best_epoch + 1} (no epoch selected)"
+    if selection == "snapshot":  # a checkpoint evaluation of a snapshot run: its weights alone
+        return f"the weights of epoch {outcome.best_epoch + 1} alone (its run scored the snapshot ensemble)"
+    return f"checkpoint of epoch {outcome.best_epoch + 1} selected by " + {
+        "test": "unseen test accuracy",
+        "folds": "mean validation accuracy over folds (then trained on every seen class)"}.get(selection,
+                                                                                             "validation accuracy")
 
 
 def gzsl_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: SkeletonTextModel,

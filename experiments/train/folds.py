@@ -27,10 +27,11 @@ import numpy as np
 
 from data.catalog import get_dataset
 from experiments.tracking.tracker import Tracker
+from experiments.train.epoch_eval import ZeroShotEpochEval
 from experiments.train.evaluate import Outcome, final_report
 from experiments.train.loop import seed_everything, train_and_select
 from experiments.train.objectives import zero_shot_training
-from experiments.train.prepare import folder_of, prepare_run, with_batch_size, zero_shot_epoch_eval
+from experiments.train.prepare import folder_of, prepare_run, with_batch_size
 from experiments.train.settings import Settings
 
 log = logging.getLogger("pgfa")
@@ -115,7 +116,7 @@ def run_folds(s: Settings, tracker: Tracker) -> dict:
                  len(data.train.classes))
         outcome = train_and_select(fs, data.train, model, device, FoldTracker(tracker, i), generator,
                                    folder / f"fold{i}", zero_shot_training(fs, data, text.to(device), device),
-                                   zero_shot_epoch_eval(fs, data, text, device), "val_top1")
+                                   ZeroShotEpochEval(fs, data, text, device), "val_top1")
         curves.append([h["val_top1"] for h in outcome.history])
         selectable.append([h.get("averaged", 1.0) == 1.0 for h in outcome.history])
         fold_best.append(outcome.best_epoch)
@@ -129,7 +130,7 @@ def run_folds(s: Settings, tracker: Tracker) -> dict:
     s = with_batch_size(s, len(data.train))
     outcome = train_and_select(s, data.train, model, device, tracker, generator, folder,
                                zero_shot_training(s, data, text.to(device), device),
-                               zero_shot_epoch_eval(s, data, text, device), "val_top1", stop_epoch=best + 1)
+                               ZeroShotEpochEval(s, data, text, device), "val_top1", stop_epoch=best + 1)
     outcome = Outcome(best, float(mean[best]), outcome.train_seconds, outcome.checkpoint, outcome.history)
     result = final_report(s, data, text, model, device, tracker, outcome)
     result.update({"batch_size": s.optim.batch_size, "train_classes": len(data.train.classes), "val_folds": folds, "fold_best_epochs": fold_best,

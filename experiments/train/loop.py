@@ -115,7 +115,7 @@ def train_and_select(s: Settings, train: Subset, model: torch.nn.Module, device:
     optim = s.optim
     optimizer = make_optimizer(model, optim.lr, optim.momentum, optim.weight_decay, optim.nesterov)
     ckpt_path, state_path = best_path(folder), folder / STATE_FILE
-    keep_last = s.eval.selection in ("last", "folds")
+    keep_last = s.eval.selection in ("last", "folds", "snapshot")
     writes = distributed.is_main()  # in a torchrun launch only rank 0 writes best.pt / last.pt
 
     average = make_average(s.average, model)
@@ -132,6 +132,8 @@ def train_and_select(s: Settings, train: Subset, model: torch.nn.Module, device:
                 raise ValueError(f"resume={s.run.resume!r}: its last.pt holds no weight average "
                                  f"(weight_average={s.average.kind!r})")
             average.load_state_dict(state["average"])
+        if "evaluator" in state and hasattr(evaluate_epoch, "load_state_dict"):  # e.g. a snapshot ensemble's sums
+            evaluate_epoch.load_state_dict(state["evaluator"])
         best, history, start_epoch, spent = state["best"], state["history"], state["next_epoch"], state["train_seconds"]
         for epoch, metrics in enumerate(history):  # the new run record gets the whole curve
             for k, v in metrics.items():
@@ -165,7 +167,8 @@ def train_and_select(s: Settings, train: Subset, model: torch.nn.Module, device:
         if writes:
             save_state(state_path, model=model, optimizer=optimizer, generator=generator, cfg=s.config,
                        next_epoch=epoch + 1, best=best, history=history, train_seconds=time.time() - t_start,
-                       average=None if average is None else average.state_dict())
+                       average=None if average is None else average.state_dict(),
+                       evaluator=evaluate_epoch.state_dict() if hasattr(evaluate_epoch, "state_dict") else None)
         for k, v in metrics.items():
             tracker.log_scalar(k, v, epoch)
         log.info("epoch %d/%d  loss %.4f  lr %.4g  %s%s  (%.1fs)", epoch + 1, optim.epoch_num, loss, lr,

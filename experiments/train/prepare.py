@@ -1,5 +1,5 @@
 """What every zero-shot track builds before its first training step: the model, the class texts,
-the data on its device, the resolved batch size, the run folder and the per-epoch evaluation.
+the data on its device, the resolved batch size and the run folder (the per-epoch evaluation: ``epoch_eval.py``).
 Shared by the tracks (``tracks.py``) and the fold selection (``folds.py``)."""
 from __future__ import annotations
 
@@ -13,21 +13,20 @@ from data.auxiliary import aux_names, load_auxiliary
 from data.catalog import get_dataset
 from data.loading import Subset, ZeroShotData, limit_training, load_zero_shot
 from experiments.train import distributed
-from experiments.train.evaluate import zero_shot_eval
 from experiments.train.gzsl import pick_exemplars
 from experiments.train.init import freeze_encoder, init_encoder
-from experiments.train.loop import EpochEval, resolve_device
+from experiments.train.loop import resolve_device
 from experiments.train.objectives import check_objective
 from experiments.train.settings import ModelSettings, Settings
 from experiments.train.state import run_folder
-from experiments.train.steps import FEW_STEPS, auto_batch_size, autocast, embed, place_subset, steps_per_epoch
+from experiments.train.steps import FEW_STEPS, auto_batch_size, autocast, place_subset, steps_per_epoch
 from module import backbone_keys, build_backbone
 from module.head import InputStream, PartAwareModel, SkeletonTextModel
 from module.losses import get_loss
 from text import embeddings as text_embeddings
 
 log = logging.getLogger("pgfa")
-SELECTIONS = ("val", "test", "folds")
+SELECTIONS = ("val", "test", "folds", "snapshot")
 
 
 def build_model(m: ModelSettings, aggregation: bool = False) -> SkeletonTextModel:
@@ -105,7 +104,11 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
         raise ValueError(f"selection must be one of {SELECTIONS} (zero-shot tracks), got {s.eval.selection!r}")
     get_loss(s.loss.name)
     check_objective(s)
-    use_val = s.eval.selection == "val" or d.gzsl
+    if d.gzsl and (s.eval.selection == "snapshot" or s.eval.conse is not None):
+        raise ValueError("gzsl=True calibrates one model's scores over seen and unseen classes: it does not combine "
+                         f"with selection='snapshot' or conse=True (got selection={s.eval.selection!r}, "
+                         f"conse={s.eval.conse is not None})")
+    use_val = s.eval.selection in ("val", "snapshot") or d.gzsl
     data = load_zero_shot(d.data_root, spec, d.split, list(d.unseen_classes), list(d.val_classes), d.max_frame,
                           use_val=use_val, holdout=d.gzsl_holdout if d.gzsl else 0.0, holdout_seed=d.val_seed)
     if d.gzsl and data.seen_test is None:
@@ -197,32 +200,3 @@ def folder_of(s: Settings):
     return distributed.broadcast_object(run_folder(
         resume=s.run.resume, out_dir=s.run.out_dir, dataset=s.data.dataset, split=s.data.split,
         train_mode=s.run.train_mode, seed=s.run.seed))
-
-
-def zero_shot_epoch_eval(s: Settings, data: ZeroShotData, text: torch.Tensor, device: torch.device) -> EpochEval:
-    """Per epoch: zero-shot top-1 on the selection subset (validation classes, or the unseen test
-    classes with ``selection="test"``), and the unseen classes as a monitor (never selected on).
-    Without a selection subset (the final stage of ``selection="folds"``, which keeps its last
-    epoch) the score is NaN and only the monitor is logged."""
-    ev, precision = s.eval, s.run.precision
-    select_on = data.unseen if ev.by_test else data.val
-
-    def evaluate(model) -> tuple[float, dict]:
-        if select_on is None:
-            score, metrics = float("nan"), {}
-        else:
-            sel = zero_shot_eval(embed(model, select_on.x, batch_size=ev.batch_size, device=device,
-                                       precision=precision, shard=True), select_on.y, select_on.classes, text)
-            score, metrics = sel.top1, {"unseen_top1_monitor" if ev.by_test else "val_top1": sel.top1}
-        if ev.monitor_unseen and not ev.by_test:
-            mon = zero_shot_eval(embed(model, data.unseen.x, batch_size=ev.batch_size, device=device,
-                                       precision=precision, shard=True), data.unseen.y, data.unseen.classes, text,
-                                 ev.align)
-            metrics["unseen_top1_monitor"] = mon.top1
-            if mon.top1_aligned is not None:
-                metrics["unseen_top1_aligned_monitor"] = mon.top1_aligned
-        return score, metrics
-
-    return evaluate
-
-

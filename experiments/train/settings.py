@@ -122,6 +122,13 @@ class LossSettings:
 
 
 @dataclass(frozen=True)
+class ConseSettings:
+    """ConSE at test time (``module/align.py: seen_mixture``)."""
+    temperature: float = 0.1
+    top_k: int = 0  # 0: every seen class
+
+
+@dataclass(frozen=True)
 class AlignSettings:
     """PGFA's prototype alignment (``module/align.py``)."""
     support_factor: float
@@ -131,13 +138,15 @@ class AlignSettings:
 
 @dataclass(frozen=True)
 class EvalSettings:
-    selection: str                 # "val" | "test" | "last" (supervised)
+    selection: str                 # "val" | "test" | "folds" | "snapshot" | "last" (supervised)
     monitor_unseen: bool
     batch_size: int
     align: AlignSettings | None    # None: no alignment (DA=False)
     exemplar_seed: int             # one_shot
     one_shot_text_weight: float
     folds: int = 3                 # selection="folds": validation folds of the seen classes
+    snapshot_start: float = 0.25   # selection="snapshot": averaged from this fraction of the epochs on
+    conse: ConseSettings | None = None  # None: nearest text
 
     @property
     def by_test(self) -> bool:
@@ -232,6 +241,7 @@ class Settings:
         c = cfg
         align = AlignSettings(float(c["support_factor"]), int(c["min_support"]), float(c["entropy_scale"])) \
             if c["DA"] else None
+        conse = ConseSettings(float(c["conse_temperature"]), int(c["conse_top_k"])) if c["conse"] else None
         return cls(
             data=DataSettings(c["dataset"], str(c["data_root"]), c["split"], tuple(c["unseen_classes"]),
                               tuple(c["val_classes"]), int(c["val_seed"]), int(c["max_frame"]), bool(c["gzsl"]),
@@ -249,7 +259,8 @@ class Settings:
                                 bool(c["nesterov"]), int(c["train_repeat"])),
             loss=LossSettings(c["loss_type"], float(c["loss_alpha"]), float(c["loss_beta"]), float(c["loss_margin"])),
             eval=EvalSettings(c["selection"], bool(c["monitor_unseen"]), int(c["eval_batch_size"]), align,
-                              int(c["exemplar_seed"]), float(c["one_shot_text_weight"]), int(c["val_folds"])),
+                              int(c["exemplar_seed"]), float(c["one_shot_text_weight"]), int(c["val_folds"]),
+                              float(c["snapshot_start"]), conse),
             run=RunSettings(c["train_mode"], int(c["seed"]), c["device"], c["precision"], c["data_on_device"],
                             c["out_dir"], c["resume"], str(c["checkpoint"]), c["mongo_url"], c["tag"],
                             bool(c["sync_batchnorm"])),

@@ -96,14 +96,18 @@ def restore_rng(snap: dict, generator: torch.Generator) -> None:
 
 
 def save_state(path: Path, *, model, optimizer, generator, cfg: dict, next_epoch: int, best: dict,
-               history: list[dict], train_seconds: float, average: dict | None = None) -> None:
+               history: list[dict], train_seconds: float, average: dict | None = None,
+               evaluator: dict | None = None) -> None:
     """Everything needed to continue after ``next_epoch - 1`` as if never interrupted (``average``: the
-    weight average's state, ``averaging.py``, when the run averages)."""
+    weight average's state, ``averaging.py``, when the run averages; ``evaluator``: the per-epoch
+    evaluation's, e.g. a snapshot ensemble's sums, ``epoch_eval.py``)."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "rng": rng_snapshot(generator), "next_epoch": next_epoch, "best": best, "history": history,
              "config": cfg, "train_seconds": train_seconds}
     if average is not None:
         state["average"] = average
+    if evaluator is not None:
+        state["evaluator"] = evaluator
     save_torch_atomic(state, path)
 
 

@@ -12,7 +12,8 @@ from experiments.train.evaluate import Outcome, final_report
 from experiments.train.folds import run_folds
 from experiments.train.loop import seed_everything, train_and_select
 from experiments.train.objectives import aggregation_record, zero_shot_training
-from experiments.train.prepare import folder_of, prepare_run, with_batch_size, zero_shot_epoch_eval
+from experiments.train.epoch_eval import ZeroShotEpochEval
+from experiments.train.prepare import folder_of, prepare_run, with_batch_size
 from experiments.train.settings import Settings
 
 log = logging.getLogger("pgfa")
@@ -43,9 +44,10 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
     folder = folder_of(s)
     tracker.set_info("run_folder", str(folder))
     objective = zero_shot_training(s, data, text.to(device), device)
-    outcome = train_and_select(s, data.train, model, device, tracker, generator, folder, objective,
-                               zero_shot_epoch_eval(s, data, text, device),
+    evaluator = ZeroShotEpochEval(s, data, text, device)
+    outcome = train_and_select(s, data.train, model, device, tracker, generator, folder, objective, evaluator,
                                "unseen_top1_monitor" if s.eval.by_test else "val_top1")
+    outcome.unseen_feats, outcome.record = evaluator.unseen_snapshot(), evaluator.record(outcome.history)
     distributed.shutdown()  # training is over; in a launch rank 0 alone goes on
     if not distributed.is_main():  # rank 0 scores the unseen classes and records the run
         return {}
