@@ -11,6 +11,9 @@ embedding (cosine). PGFA then, transductively over the whole unseen test set:
    keeps its text embedding;
 3. re-classifies every sample against the prototypes.
 
+``class_centred`` is a second transductive step: each class's mean cosine over the test set is
+subtracted from its column, so no class text that sits near every sample (a hub) takes them all.
+
 ``seen_mixture`` is ConSE's test-time step: an embedding replaced by its mix of the seen
 classes' texts before it is compared with the unseen ones.
 """
@@ -100,3 +103,9 @@ def seen_mixture(feats: torch.Tensor, seen_text: torch.Tensor, temperature: floa
         kth = logits.topk(top_k, dim=1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     return logits.softmax(dim=1) @ text
+
+
+def class_centred(logits: torch.Tensor) -> torch.Tensor:
+    """(N, K) cosine logits less each class's mean over the N samples (transductive: it reads the
+    whole unlabelled test set). A class text near every sample (a hub) no longer wins by that alone."""
+    return logits - logits.mean(dim=0, keepdim=True)

@@ -105,7 +105,8 @@ class AblationRow:
 
 
 METRICS = (("unseen_top1", "inductive top-1"), ("unseen_top1_aligned", "aligned top-1"),
-           ("best_val_top1", "val top-1 (selection)"), ("val_holdout_top1", "val top-1 (held-out pick)"))
+           ("unseen_top1_centred", "centred top-1"), ("best_val_top1", "val top-1 (selection)"),
+           ("val_holdout_top1", "val top-1 (held-out pick)"))
 
 
 def summarize(runs: list[dict], order: list[str] | None = None) -> list[AblationRow]:

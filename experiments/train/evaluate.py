@@ -21,7 +21,7 @@ from experiments.train.gzsl import choose_gamma, class_scores, evaluate_gzsl, on
 from experiments.train.metrics import balanced_accuracy, per_class_accuracy, top1
 from experiments.train.settings import AlignSettings, ConseSettings, Settings
 from experiments.train.steps import embed
-from module.align import nearest_text, prototype_align, seen_mixture
+from module.align import class_centred, nearest_text, prototype_align, seen_mixture
 from module.head import SkeletonTextModel
 from module.losses import cosine
 
@@ -49,6 +49,7 @@ class ZeroShotResult:
     top1_aligned: float | None = None
     per_class_mean_aligned: float | None = None
     pred_aligned: torch.Tensor | None = None
+    top1_centred: float | None = None  # transductive: class-centred scores (module/align.py: class_centred)
     prototypes: torch.Tensor | None = None
     support: torch.Tensor | None = None
     feats: torch.Tensor | None = None
@@ -73,6 +74,7 @@ def zero_shot_eval(feats: torch.Tensor, labels: torch.Tensor, classes: list[int]
         pred_a = cls[a.pred_aligned]
         res.top1_aligned, res.per_class_mean_aligned = top1(pred_a, labels), balanced_accuracy(pred_a, labels)
         res.pred_aligned, res.prototypes, res.support = pred_a, a.prototypes, a.support
+        res.top1_centred = top1(cls[class_centred(nearest_text(feats, cand)[0]).argmax(dim=1)], labels)
     return res
 
 
@@ -102,6 +104,7 @@ def final_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: Ske
     if ev.align is not None:
         result.update({"unseen_top1_aligned": res.top1_aligned,
                        "unseen_per_class_mean_aligned": res.per_class_mean_aligned,
+                       "unseen_top1_centred": res.top1_centred,
                        "alignment": "transductive (prototypes from the whole unseen test set)",
                        "support_factor": ev.align.support_factor})
     if s.data.gzsl:
@@ -124,7 +127,8 @@ def final_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: Ske
     for path in [outcome.checkpoint, *report]:
         tracker.add_artifact(path)
     log.info("unseen top-1: inductive %.2f%%%s (per-class mean %.2f%%), %s", res.top1,
-             f", aligned {res.top1_aligned:.2f}%" if ev.align is not None else "", res.per_class_mean,
+             f", aligned {res.top1_aligned:.2f}%, centred {res.top1_centred:.2f}%" if ev.align is not None else "",
+             res.per_class_mean,
              chosen_by(ev.selection, outcome))
     for key in ("H", "one_shot_top1_exemplar", "one_shot_top1_text", "one_shot_top1_combined"):
         if key in result:

@@ -167,7 +167,7 @@ def test_ablation_variants_and_table():
     assert clear_gain(rows[1], rows[0])  # 31 > se 10.0
     rows[1].values["best_val_top1"] = [60.0, 45.0]
     table = ablation_markdown(rows)
-    assert "| demo | +ema | 2 | 55.00 ± 7.07 | 60.00 ± 7.07 | 52.50 ± 10.61 | – | +25.00 | +25.00 | 1: 50.0 / 2: " \
+    assert "| demo | +ema | 2 | 55.00 ± 7.07 | 60.00 ± 7.07 | – | 52.50 ± 10.61 | – | +25.00 | +25.00 | 1: 50.0 / 2: " \
         "60.0 |" in table and "demo: baseline (best_val_top1)" in table and "difference: demo: none." in table
     # once every row records the held-out-pick estimate, variants are compared by it instead
     rows[0].values["val_holdout_top1"], rows[1].values["val_holdout_top1"] = [30.0, 32.0], [50.0, 52.0]

@@ -1,5 +1,5 @@
-"""The snapshot ensemble over epochs (experiments/train/epoch_eval.py) and ConSE at test time
-(module/align.py: seen_mixture), on constructed cases and end to end."""
+"""The snapshot ensemble over epochs and the held-out-pick estimate (experiments/train/epoch_eval.py),
+ConSE and class-centred scores at test time (module/align.py), on constructed cases and end to end."""
 import math
 
 import pytest
@@ -12,7 +12,7 @@ from experiments.train.epoch_eval import ZeroShotEpochEval, holdout_top1, snapsh
 from experiments.train.evaluate import zero_shot_eval
 from experiments.train.settings import ConseSettings, Settings
 from main import ex
-from module.align import seen_mixture
+from module.align import class_centred, seen_mixture
 
 TINY = dict(text_model="minilm", text_kind="labels", epoch_num=3, hidden_channels=4, out_channels=16, max_frame=8,
             batch_size=64, warmup_epochs=1)
@@ -51,6 +51,22 @@ def test_conse_ignores_directions_no_seen_class_spans():
     assert res.top1 == 100.0 and res.feats.shape == (1, 6)
     with pytest.raises(ValueError, match="needs the training classes"):
         zero_shot_eval(feats, labels, [2, 3], text, conse=ConseSettings(0.1, 0))
+
+
+def test_class_centring_takes_the_hub_away():
+    # class 0's text is near every sample (a hub): nearest text gives it all four; centred, each
+    # sample goes to the class it is nearest to relative to that class's mean
+    text = torch.stack([basis(0) + basis(1) + basis(2), basis(1), basis(2)])
+    feats = torch.stack([2 * basis(0) + basis(1), 2 * basis(0) + basis(1), 2 * basis(0) + basis(2),
+                         2 * basis(0) + basis(2)])
+    labels = torch.tensor([1, 1, 2, 2])
+    logits = F.normalize(feats, dim=1) @ F.normalize(text, dim=1).t()
+    assert torch.allclose(class_centred(logits), logits - logits.mean(dim=0))
+    assert zero_shot_eval(feats, labels, [0, 1, 2], text).top1 == 0.0
+    from experiments.train.settings import AlignSettings
+
+    res = zero_shot_eval(feats, labels, [0, 1, 2], text, AlignSettings(0.9, 1, 1.0))
+    assert res.top1 == 0.0 and res.top1_centred == 100.0
 
 
 def test_snapshot_first_epoch():
