@@ -54,11 +54,11 @@ def holdout_top1(correct: torch.Tensor, labels: torch.Tensor, selectable: list[b
         for half in itertools.combinations(classes, size):
             a = torch.isin(labels, torch.tensor(half))
             if fixed is None:
-                on_a = correct[:, a].float().mean(dim=1).masked_fill(~keep, -1.0)
+                on_a = correct[:, a].double().mean(dim=1).masked_fill(~keep, -1.0)
                 chosen = correct[int(on_a.argmax())]
             else:
                 chosen = fixed
-            scores.append(100.0 * chosen[~a].float().mean().item())
+            scores.append(100.0 * chosen[~a].double().mean().item())
     return sum(scores) / len(scores)
 
 
@@ -105,7 +105,7 @@ class ZeroShotEpochEval:
             feats["val"] = self._embed(model, self.select_on)
             res = self.scores(feats["val"], self.select_on)
             score = res.top1
-            self.correct.append(res.pred == self.select_on.y)
+            self.correct.append(res.pred == self.select_on.y.cpu())
             metrics["unseen_top1_monitor" if ev.by_test else "val_top1"] = score
         if (ev.monitor_unseen or self.snapshot) and not ev.by_test:
             feats["unseen"] = self._embed(model, self.data.unseen)
