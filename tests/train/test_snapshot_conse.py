@@ -165,6 +165,10 @@ def test_snapshot_conse_run_records_what_it_scored(text_root, tmp_path):
     saved = np.load(tmp_path / "snap" / "unseen_scores.npz")
     top1 = 100 * np.mean(np.asarray(saved["classes"])[saved["scores"].argmax(1)] == saved["labels"])
     assert top1 == pytest.approx(res["unseen_top1"])
+    # evaluating its checkpoint scores the last epoch's weights alone, and says so
+    ev = run(text_root, tmp_path / "test", train_mode="test", checkpoint=res["checkpoint"])
+    assert ev["selection"] == "snapshot" and "not stored" in ev["evaluated_weights"]
+    assert "snapshot_epochs" not in ev and "conse_temperature" not in ev  # ConSE: the evaluating run's choice
 
 
 @pytest.mark.slow
