@@ -275,11 +275,11 @@ def config():
     # last: the last epoch (supervised only; labelled). folds (zero-shot): the epoch best over val_folds folds
     #   of seen classes, then one run on every seen class that long (experiments/train/folds.py)
     # snapshot (zero-shot): no pick; every epoch's embeddings from snapshot_start · epoch_num on averaged
-    selection = _d.get("selection", "val")  # (pretrain: last)
+    selection = _d.get("selection", "val") if train_mode in ("main", "sota", "one_shot", "test") else \
+        TRACK_DEFAULTS[train_mode].get("selection", "val")  # a dataset's default is a zero-shot one (pretrain: last)
     val_folds = 3
     snapshot_start = 0.25
-    # ConSE at test time (module/align.py: seen_mixture): a sample is the mix of the seen classes' texts
-    conse = _d.get("conse", False)
+    conse = _d.get("conse", False)  # ConSE at test time (module/align.py: seen_mixture): a sample = its seen-text mix
     conse_temperature = 0.1  # the softmax temperature over the cosines to the seen classes' texts
     conse_top_k = 0  # mix only the k most similar seen classes (0: all)
     monitor_unseen = True  # log unseen top-1 per epoch (monitoring only, never used for selection)

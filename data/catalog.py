@@ -57,7 +57,7 @@ DATASETS: dict[str, DatasetSpec] = {
     # selection applies to the zero-shot tracks only (config.py).
     "nw_ucla": DatasetSpec("nw_ucla", 10, "kinect20", 1, 50,
                            prepare="python main.py prepare with dataset=nw_ucla raw.path=<all_sqe folder>",
-                           defaults={"batch_size": 32, "text_kind": "labels+des+parts"}),
+                           defaults={"batch_size": 32, "text_kind": "labels+des+parts", "selection": "snapshot"}),
 }
 for _ntu in ("ntu60", "ntu120"):  # the prepare command names its input
     DATASETS[_ntu] = replace(DATASETS[_ntu], prepare=f"python main.py prepare with dataset={_ntu} "

@@ -63,12 +63,12 @@ def test_tiny_zero_shot_run_on_prepared_utd_mhad(tmp_path):
 
 
 def test_small_dataset_defaults_and_paper_defaults_elsewhere():
-    """NW-UCLA's default text is the ensemble, UTD-MHAD's selection the snapshot ensemble (chosen on
+    """NW-UCLA's default text is the ensemble, both small datasets' selection the snapshot ensemble (chosen on
     validation classes: docs/zeroshot_small.md); an override still wins; a dataset's selection is a
     zero-shot default only; the NTU/demo configs keep the paper's settings."""
     assert config_of(dataset="nw_ucla")["text_kind"] == "labels+des+parts"
     assert config_of(dataset="nw_ucla", text_kind="des")["text_kind"] == "des"
-    assert config_of(dataset="utd_mhad")["selection"] == "snapshot"
+    assert config_of(dataset="utd_mhad")["selection"] == config_of(dataset="nw_ucla")["selection"] == "snapshot"
     assert config_of(dataset="utd_mhad", selection="val")["selection"] == "val"
     assert config_of(dataset="utd_mhad", train_mode="supervised")["selection"] == "val"
     assert config_of(dataset="utd_mhad", train_mode="pretrain")["selection"] == "last"
