@@ -112,5 +112,17 @@ def stop_after_first_epoch(monkeypatch):
         def on():
             monkeypatch.setattr(loop, "save_state", save_then_stop)
 
+        @staticmethod
+        def reference_and_resumed(run, ref, victim, **opts) -> tuple[dict, dict]:
+            """``run(root_out, **opts)``'s result uninterrupted (in ``ref``), and that of a run in
+            ``victim`` stopped after epoch 1 and resumed from its folder."""
+            Switch.off()
+            reference = run(ref, **opts)
+            Switch.on()
+            with pytest.raises(Interrupted):
+                run(victim, **opts)
+            Switch.off()
+            return reference, run(victim, resume=str(victim), **opts)
+
     Switch.on()
     return Switch

@@ -72,13 +72,8 @@ def test_swa_epochs_before_the_start_are_evaluated_raw_and_not_selected(text_roo
 @pytest.mark.slow
 @pytest.mark.parametrize("averaging", [dict(weight_average="ema"), dict(weight_average="swa", swa_start=0.0)])
 def test_resumed_averaging_run_equals_the_uninterrupted_one(text_root, tmp_path, stop_after_first_epoch, averaging):
-    stop_after_first_epoch.off()
-    ref = run(text_root, tmp_path / "ref", **averaging)
-    stop_after_first_epoch.on()
-    with pytest.raises(stop_after_first_epoch.error):
-        run(text_root, tmp_path / "victim", **averaging)
-    stop_after_first_epoch.off()
-    resumed = run(text_root, tmp_path / "victim", resume=str(tmp_path / "victim"), **averaging)
+    ref, resumed = stop_after_first_epoch.reference_and_resumed(
+        lambda out, **kw: run(text_root, out, **kw), tmp_path / "ref", tmp_path / "victim", **averaging)
     assert {k: v for k, v in resumed.items() if k not in DROP} == {k: v for k, v in ref.items() if k not in DROP}
     a, b = load(tmp_path / "ref" / "last.pt"), load(tmp_path / "victim" / "last.pt")
     for k, v in a["average"]["model"].items():

@@ -173,14 +173,9 @@ def test_snapshot_conse_run_records_what_it_scored(text_root, tmp_path):
 
 @pytest.mark.slow
 def test_resumed_snapshot_run_equals_the_uninterrupted_one(text_root, tmp_path, stop_after_first_epoch):
-    opts = dict(selection="snapshot", snapshot_start=0.0, conse=True)
-    stop_after_first_epoch.off()
-    ref = run(text_root, tmp_path / "ref", **opts)
-    stop_after_first_epoch.on()
-    with pytest.raises(stop_after_first_epoch.error):
-        run(text_root, tmp_path / "victim", **opts)
-    stop_after_first_epoch.off()
-    resumed = run(text_root, tmp_path / "victim", resume=str(tmp_path / "victim"), **opts)
+    ref, resumed = stop_after_first_epoch.reference_and_resumed(
+        lambda out, **kw: run(text_root, out, **kw), tmp_path / "ref", tmp_path / "victim",
+        selection="snapshot", snapshot_start=0.0, conse=True)
     assert {k: v for k, v in resumed.items() if k not in DROP} == {k: v for k, v in ref.items() if k not in DROP}
 
 
