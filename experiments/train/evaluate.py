@@ -117,7 +117,7 @@ def final_report(s: Settings, data: ZeroShotData, text: torch.Tensor, model: Ske
     report = write_unseen_report(outcome.checkpoint.parent, data.unseen.y, data.unseen.classes,
                                  class_names(s.data.dataset, data.unseen.classes, s.data.data_root), res.pred,
                                  res.pred_aligned, res.feats, text, res.prototypes)
-    # the inductive scores (cosine to each unseen class's text), for stream ensembles
+    # the inductive scores (cosine to each unseen class's text, of the ConSE mix when on), for stream ensembles
     report.append(save_scores(outcome.checkpoint.parent / UNSEEN_SCORES_FILE,
                               cosine(res.feats, text[torch.tensor(data.unseen.classes)].cpu()), data.unseen.y,
                               data.unseen.classes, {"dataset": s.data.dataset, "split": str(s.data.split),
