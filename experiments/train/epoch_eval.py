@@ -66,7 +66,7 @@ def snapshot_first_epoch(start: float, epoch_num: int) -> int:
     """The first (0-based) epoch the snapshot ensemble averages: ``floor(start · epoch_num)``."""
     if not 0.0 <= start < 1.0:
         raise ValueError(f"snapshot_start must be in [0, 1) (a fraction of epoch_num), got {start}")
-    return min(int(math.floor(start * epoch_num)), max(epoch_num - 1, 0))
+    return int(math.floor(start * epoch_num))  # < epoch_num: at least the last epoch is averaged
 
 
 class ZeroShotEpochEval:
@@ -82,7 +82,6 @@ class ZeroShotEpochEval:
         self.first = snapshot_first_epoch(ev.snapshot_start, s.optim.epoch_num) if self.snapshot else 0
         self.epoch = 0  # the next epoch this is called for
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
         self.correct: list[torch.Tensor] = []  # per epoch: which validation samples it classified right
         self.snapshot_correct: torch.Tensor | None = None  # the same, of the snapshot ensemble so far
 
@@ -118,11 +117,15 @@ class ZeroShotEpochEval:
             for part in PARTS:
                 unit = F.normalize(feats[part].float(), dim=1)
                 self.sums[part] = unit if part not in self.sums else self.sums[part] + unit
-            self.count += 1
             res = self.scores(self.sums["val"], self.select_on)
             score, self.snapshot_correct = res.top1, res.pred == self.select_on.y.cpu()
             metrics["val_top1_snapshot"] = score
         return score, metrics
+
+    @property
+    def count(self) -> int:
+        """The epochs averaged so far."""
+        return max(self.epoch - self.first, 0) if self.snapshot else 0
 
     def unseen_snapshot(self) -> torch.Tensor | None:
         """The snapshot ensemble's unseen embeddings (the mean of the epochs' unit embeddings), or None."""
@@ -146,9 +149,9 @@ class ZeroShotEpochEval:
         return out
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "count": self.count, "sums": dict(self.sums), "correct": list(self.correct),
+        return {"epoch": self.epoch, "sums": dict(self.sums), "correct": list(self.correct),
                 "snapshot_correct": self.snapshot_correct}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.count, self.sums = int(state["epoch"]), int(state["count"]), dict(state["sums"])
+        self.epoch, self.sums = int(state["epoch"]), dict(state["sums"])
         self.correct, self.snapshot_correct = list(state.get("correct", [])), state.get("snapshot_correct")

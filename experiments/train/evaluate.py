@@ -66,7 +66,8 @@ def zero_shot_eval(feats: torch.Tensor, labels: torch.Tensor, classes: list[int]
             raise ValueError("conse=True needs the training classes' texts to mix (none given)")
         feats = seen_mixture(feats, text[torch.tensor(list(seen))].cpu(), conse.temperature, conse.top_k)
     cand = text[cls].cpu()  # (K, D) candidate class texts
-    pred = cls[nearest_text(feats, cand)[1]]
+    logits, nearest = nearest_text(feats, cand)
+    pred = cls[nearest]
     pc = per_class_accuracy(pred, labels, classes)
     res = ZeroShotResult(top1(pred, labels), balanced_accuracy(pred, labels), pc, pred, feats=feats)
     if align is not None:
@@ -74,7 +75,7 @@ def zero_shot_eval(feats: torch.Tensor, labels: torch.Tensor, classes: list[int]
         pred_a = cls[a.pred_aligned]
         res.top1_aligned, res.per_class_mean_aligned = top1(pred_a, labels), balanced_accuracy(pred_a, labels)
         res.pred_aligned, res.prototypes, res.support = pred_a, a.prototypes, a.support
-        res.top1_centred = top1(cls[class_centred(nearest_text(feats, cand)[0]).argmax(dim=1)], labels)
+        res.top1_centred = top1(cls[class_centred(logits).argmax(dim=1)], labels)
     return res
 
 
