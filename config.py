@@ -272,13 +272,13 @@ def config():
 
     # val: the epoch best on validation data (zero-shot: held-out seen classes; supervised: its validation part)
     # test: best on test accuracy (the original's / the published tables' pick; labelled in the result)
-    # last: the last epoch (supervised only; labelled). folds (zero-shot): the epoch best over val_folds folds
-    #   of seen classes, then one run on every seen class that long (experiments/train/folds.py)
+    # last: the last epoch (supervised; labelled). folds: the epoch best over val_folds folds, then every seen class
     # snapshot (zero-shot): no pick; every epoch's embeddings from snapshot_start · epoch_num on averaged
     selection = _d.get("selection", "val") if train_mode in ("main", "sota", "one_shot", "test") else \
         TRACK_DEFAULTS[train_mode].get("selection", "val")  # a dataset's default is a zero-shot one (pretrain: last)
     val_folds = 3
     snapshot_start = 0.25
+    trainval = _d.get("trainval", False)  # snapshot only: the validation classes are trained on too (Xian et al.)
     conse = _d.get("conse", False)  # ConSE at test time (module/align.py: seen_mixture): a sample = its seen-text mix
     conse_temperature = 0.1  # the softmax temperature over the cosines to the seen classes' texts
     conse_top_k = 0  # mix only the k most similar seen classes (0: all)

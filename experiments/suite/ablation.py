@@ -13,6 +13,8 @@ ranks variants by their mean validation top-1 only.
 """
 from __future__ import annotations
 
+import math
+
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -47,6 +49,7 @@ COMPONENTS: dict[str, dict] = {
     "aux_ntu_utd": {"aux_dataset": "ntu120+utd_mhad"},  # (for NW-UCLA) NTU's and UTD-MHAD's classes
     "folds": {"selection": "folds"},  # selection over 3 validation folds, then training on every seen class
     "snapshot": {"selection": "snapshot"},  # no epoch picked: the epochs' embeddings averaged from a quarter on
+    "trainval": {"selection": "snapshot", "trainval": True},  # snapshot, trained on the validation classes too
     "conse": {"conse": True},  # ConSE: a sample scored as its mix of the seen classes' texts
     "original_protocol": {"selection": "test", "learn_temperature": False},  # the research code's (labelled)
 }
@@ -122,7 +125,7 @@ def summarize(runs: list[dict], order: list[str] | None = None) -> list[Ablation
         row.runs.append((split, seed))
         res = r["result"]
         for key, _ in METRICS:
-            if res.get(key) is not None:
+            if res.get(key) is not None and math.isfinite(res[key]):  # trainval: no validation number
                 row.values[key].append(float(res[key]))
         row.per_split[split].append(float(res["unseen_top1"]))
     rank = {v: i for i, v in enumerate(order or [])}
@@ -132,8 +135,9 @@ def summarize(runs: list[dict], order: list[str] | None = None) -> list[Ablation
 def validation_key(rows: list[AblationRow], dataset: str) -> str:
     """The validation number variants of ``dataset`` are compared by: the held-out-pick estimate
     (``experiments/train/epoch_eval.py: holdout_top1``) where every row records it, as it alone is
-    comparable across selection rules; else the selected epoch's validation top-1."""
-    mine = [r for r in rows if r.dataset == dataset]
+    comparable across selection rules; else the selected epoch's validation top-1. Rows with no
+    validation number (``trainval``: the validation classes were trained on) are not compared."""
+    mine = [r for r in rows if r.dataset == dataset and (r.stat("best_val_top1") or r.stat("val_holdout_top1"))]
     return "val_holdout_top1" if mine and all(r.stat("val_holdout_top1") for r in mine) else "best_val_top1"
 
 

@@ -8,7 +8,9 @@ epoch's unit-length embeddings of the validation and unseen samples are summed; 
 score of an epoch is that of the ensemble so far, and the unseen classes are scored once, after the
 last epoch, with the ensemble's embeddings (``ZeroShotEpochEval.unseen_snapshot``). A cosine is
 linear in a unit embedding, so this is the mean of the epochs' cosine scores: the ensemble of the
-epochs' models, at the cost of one training. The sums are part of the resumable state.
+epochs' models, at the cost of one training. The sums are part of the resumable state. Since it
+selects nothing, it can train on the validation classes too (``trainval=True``, the trainval protocol
+of Xian et al., TPAMI 2019): then there is no validation score and only the unseen part is summed.
 
 The validation top-1 of the picked epoch is a maximum over noisy epochs, inflated by the pick, so it
 cannot be compared with the snapshot ensemble's. Every run with validation classes therefore also
@@ -26,9 +28,6 @@ from data.loading import Subset, ZeroShotData
 from experiments.train.evaluate import zero_shot_eval
 from experiments.train.settings import Settings
 from experiments.train.steps import embed
-
-PARTS = ("val", "unseen")
-
 
 def holdout_top1(correct: torch.Tensor, labels: torch.Tensor, selectable: list[bool] | None = None,
                  fixed: torch.Tensor | None = None) -> float:
@@ -114,12 +113,13 @@ class ZeroShotEpochEval:
             if mon.top1_aligned is not None:
                 metrics["unseen_top1_aligned_monitor"] = mon.top1_aligned
         if self.snapshot and epoch >= self.first:
-            for part in PARTS:
+            for part in feats:  # trainval: the unseen part alone
                 unit = F.normalize(feats[part].float(), dim=1)
                 self.sums[part] = unit if part not in self.sums else self.sums[part] + unit
-            res = self.scores(self.sums["val"], self.select_on)
-            score, self.snapshot_correct = res.top1, res.pred == self.select_on.y.cpu()
-            metrics["val_top1_snapshot"] = score
+            if self.select_on is not None:
+                res = self.scores(self.sums["val"], self.select_on)
+                score, self.snapshot_correct = res.top1, res.pred == self.select_on.y.cpu()
+                metrics["val_top1_snapshot"] = score
         return score, metrics
 
     @property
@@ -142,6 +142,8 @@ class ZeroShotEpochEval:
         if self.snapshot:
             out.update({"snapshot_start": self.s.eval.snapshot_start, "snapshot_from_epoch": self.first,
                         "snapshot_epochs": self.count})
+        if self.s.data.trainval:
+            out.update({"trainval": True, "train_classes": len(self.data.train.classes)})
         if self.correct and not self.s.eval.by_test and self.s.eval.selection in ("val", "snapshot"):
             selectable = [h.get("averaged", 1.0) == 1.0 for h in history[-len(self.correct):]]
             out["val_holdout_top1"] = holdout_top1(torch.stack(self.correct), self.select_on.y.cpu(), selectable,

@@ -108,7 +108,10 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
         raise ValueError("gzsl=True calibrates one model's scores over seen and unseen classes: it does not combine "
                          f"with selection='snapshot' or conse=True (got selection={s.eval.selection!r}, "
                          f"conse={s.eval.conse is not None})")
-    use_val = s.eval.selection in ("val", "snapshot") or d.gzsl
+    if d.trainval and s.eval.selection != "snapshot":
+        raise ValueError("trainval=True trains on the validation classes, so nothing is left to select an epoch on: "
+                         f"it needs selection='snapshot' (got selection={s.eval.selection!r})")
+    use_val = (s.eval.selection in ("val", "snapshot") and not d.trainval) or d.gzsl
     data = load_zero_shot(d.data_root, spec, d.split, list(d.unseen_classes), list(d.val_classes), d.max_frame,
                           use_val=use_val, holdout=d.gzsl_holdout if d.gzsl else 0.0, holdout_seed=d.val_seed)
     if d.gzsl and data.seen_test is None:

@@ -26,6 +26,7 @@ class DataSettings:
     samples_seed: int = 0
     aux_dataset: str = ""  # another prepared dataset's classes trained on beside the seen ones (data/auxiliary.py)
     aux_max_similarity: float = 0.5
+    trainval: bool = False  # selection="snapshot": the validation classes are trained on as seen classes
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,7 @@ class Settings:
             data=DataSettings(c["dataset"], str(c["data_root"]), c["split"], tuple(c["unseen_classes"]),
                               tuple(c["val_classes"]), int(c["val_seed"]), int(c["max_frame"]), bool(c["gzsl"]),
                               float(c["gzsl_holdout"]), int(c["samples_per_class"]), int(c["samples_seed"]),
-                              str(c["aux_dataset"]), float(c["aux_max_similarity"])),
+                              str(c["aux_dataset"]), float(c["aux_max_similarity"]), bool(c["trainval"])),
             model=ModelSettings(c["backbone"], c["modality"], c["input_norm"], c["in_channels"], c["hidden_channels"], c["out_channels"], c["dropout"],
                                 c["graph_layout"], c["graph_strategy"], c["max_hop"], c["edge_importance"],
                                 c["temporal_kernel"], c["num_person"], c["shift_impl"], c["shift_pos_grad"],

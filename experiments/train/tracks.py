@@ -38,7 +38,8 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
     data, text, model, device = prepare_run(s)
     log.info("train %d samples (%d classes) | val %s | unseen %d samples (%d classes) | device %s",
              len(data.train), len(data.train.classes),
-             f"{len(data.val)} samples ({len(data.val.classes)} classes)" if data.val else "none (test selection)",
+             f"{len(data.val)} samples ({len(data.val.classes)} classes)" if data.val else
+             "none (trained on: trainval)" if s.data.trainval else "none (test selection)",
              len(data.unseen), len(data.unseen.classes), device)
     s = with_batch_size(s, len(data.train))
     folder = folder_of(s)

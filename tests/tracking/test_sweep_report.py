@@ -176,6 +176,10 @@ def test_ablation_variants_and_table():
     assert "demo: +ema (val_holdout_top1)" in table and "difference: demo: +ema." in table
     rows[0].values.pop("val_holdout_top1")
     assert best_by_validation(rows, "demo") == "baseline"  # not every row has it: the selection's top-1
+    # a trainval row has no validation number (NaN is not pooled): it is shown, never ranked
+    tv = summarize(runs + [run(6, "+trainval", 1, 0, 90.0, float("nan"))], ["baseline", "+ema", "+trainval"])
+    assert tv[2].stat("best_val_top1") is None and tv[2].stat("unseen_top1") == (90.0, 0.0)
+    assert best_by_validation(tv, "demo") == "baseline"
 
 
 @needs_server

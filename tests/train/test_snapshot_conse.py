@@ -1,12 +1,14 @@
 """The snapshot ensemble over epochs and the held-out-pick estimate (experiments/train/epoch_eval.py),
 ConSE and class-centred scores at test time (module/align.py), on constructed cases and end to end."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.catalog import get_dataset
 from data.loading import Subset, ZeroShotData
 from experiments.train.epoch_eval import ZeroShotEpochEval, holdout_top1, snapshot_first_epoch
 from experiments.train.evaluate import zero_shot_eval
@@ -183,3 +185,32 @@ def test_snapshot_and_conse_refuse_gzsl(text_root, tmp_path):
     for opts in (dict(selection="snapshot"), dict(conse=True)):
         with pytest.raises(ValueError, match="does not combine"):
             run(text_root, tmp_path / "g", gzsl=True, **opts)
+
+
+def test_trainval_snapshot_sums_the_unseen_part_alone():
+    text, e = torch.eye(4), [basis(i, 4) for i in range(4)]
+    unseen = Subset(indexed(2), torch.tensor([2, 3]), [2, 3])
+    data = ZeroShotData(train=Subset(indexed(1), torch.tensor([0]), [0, 1]), val=None, unseen=unseen, seen_test=None)
+    s = settings("snapshot", 0.0, 2)
+    ev = ZeroShotEpochEval(replace(s, data=replace(s.data, trainval=True)), data, text, torch.device("cpu"))
+    for table in (torch.stack([e[2], e[2]]), torch.stack([e[3], e[3]])):
+        score, metrics = ev(Fixed(table))
+        assert math.isnan(score) and metrics == {}  # nothing is validated
+    assert set(ev.sums) == {"unseen"} and torch.allclose(ev.unseen_snapshot(), torch.stack([(e[2] + e[3]) / 2] * 2))
+    assert ev.record([{}] * 2) == {"snapshot_start": 0.0, "snapshot_from_epoch": 0, "snapshot_epochs": 2,
+                                   "trainval": True, "train_classes": 2}
+
+
+@pytest.mark.slow
+def test_trainval_run_trains_on_the_validation_classes(text_root, tmp_path):
+    ref = run(text_root, tmp_path / "ref", selection="snapshot")
+    res = run(text_root, tmp_path / "tv", selection="snapshot", trainval=True)
+    assert res["trainval"] is True and res["val_classes"] == [] and "val_holdout_top1" not in res
+    classes = get_dataset(ref["dataset"], str(text_root)).num_classes
+    assert res["train_classes"] == classes - len(ref["unseen_classes"])  # every seen class, validation's too
+    assert res["unseen_classes"] == ref["unseen_classes"] and len(ref["val_classes"]) > 0
+    assert math.isnan(res["best_val_top1"]) and 0 <= res["unseen_top1"] <= 100
+    last = torch.load(tmp_path / "tv" / "last.pt", weights_only=False)
+    assert set(last["evaluator"]["sums"]) == {"unseen"}
+    with pytest.raises(ValueError, match="trainval=True .* needs selection='snapshot'"):
+        run(text_root, tmp_path / "bad", selection="val", trainval=True)
