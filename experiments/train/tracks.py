@@ -82,7 +82,7 @@ def run_test(cfg: dict, tracker: Tracker | None = None) -> dict:
                       0.0, path)
     result = final_report(s, data, text, model, device, tracker, outcome)
     result.update({"evaluated_checkpoint": str(path), "trained_on": {k: trained.get(k) for k in
-                   ("dataset", "split", "train_mode", "seed", "selection", "tag", "weight_average")}})
+                   ("dataset", "split", "train_mode", "seed", "selection", "trainval", "tag", "weight_average")}})
     if s.eval.selection == "snapshot":  # a checkpoint holds one epoch's weights, not the ensemble its run scored
         result["evaluated_weights"] = "the last epoch's alone (the snapshot ensemble is not stored)"
     return result

@@ -212,5 +212,7 @@ def test_trainval_run_trains_on_the_validation_classes(text_root, tmp_path):
     assert math.isnan(res["best_val_top1"]) and 0 <= res["unseen_top1"] <= 100
     last = torch.load(tmp_path / "tv" / "last.pt", weights_only=False)
     assert set(last["evaluator"]["sums"]) == {"unseen"}
+    ev = run(text_root, tmp_path / "test", train_mode="test", checkpoint=res["checkpoint"])
+    assert ev["trained_on"]["trainval"] is True and "not stored" in ev["evaluated_weights"]
     with pytest.raises(ValueError, match="trainval=True .* needs selection='snapshot'"):
         run(text_root, tmp_path / "bad", selection="val", trainval=True)
