@@ -139,8 +139,7 @@ for _source in project_sources():
     ex.add_source_file(str(_source))
 
 # Hyper-parameters that differ by track (the dataset's own defaults override these).
-# Setting 2 (PGFA's "sota" track): Shift-GCN on sequences stretched from 50 to 64 frames.
-# One-shot (PGFA/SkeletonX): 100 epochs in the original (the demo keeps its own short schedule).
+# Setting 2 ("sota"): Shift-GCN, 50 frames stretched to 64. One-shot: 100 epochs, as the original (not the demo).
 # Supervised (FR-Head/CTR-GCN tables): classification over every class of the dataset's protocol.
 TRACK_DEFAULTS: dict[str, dict] = {"main": {}, "sota": {"backbone": "shiftgcn", "max_frame": 64},
                                    "test": {}, "one_shot": {"epoch_num": 100}, "supervised": {},
@@ -283,6 +282,7 @@ def config():
     conse_temperature = 0.1  # the softmax temperature over the cosines to the seen classes' texts
     conse_top_k = 0  # mix only the k most similar seen classes (0: all)
     monitor_unseen = True  # log unseen top-1 per epoch (monitoring only, never used for selection)
+    save_embeddings = False  # each epoch's val/unseen embeddings kept, to rescore (experiments/train/rescore.py)
     # Weight averaging (experiments/train/averaging.py): the averaged weights are evaluated, selected and kept
     weight_average = "none"  # none | ema (exponential moving average per optimiser step) | swa (uniform, per epoch)
     ema_decay = 0.999  # ema: decay per optimiser step (capped by a warm-up, (1 + n) / (10 + n) after n updates)

@@ -19,7 +19,11 @@ records ``val_holdout_top1`` (``holdout_top1``): pick on half the validation cla
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +32,8 @@ from data.loading import Subset, ZeroShotData
 from experiments.train.evaluate import zero_shot_eval
 from experiments.train.settings import Settings
 from experiments.train.steps import embed
+
+EMBEDDINGS_FILE = "epoch_embeddings.npz"  # save_embeddings=True: every epoch's embeddings (rescore.py)
 
 def holdout_top1(correct: torch.Tensor, labels: torch.Tensor, selectable: list[bool] | None = None,
                  fixed: torch.Tensor | None = None) -> float:
@@ -83,6 +89,7 @@ class ZeroShotEpochEval:
         self.sums: dict[str, torch.Tensor] = {}
         self.correct: list[torch.Tensor] = []  # per epoch: which validation samples it classified right
         self.snapshot_correct: torch.Tensor | None = None  # the same, of the snapshot ensemble so far
+        self.saved: dict[str, list[torch.Tensor]] = {}  # save_embeddings: every epoch's embeddings per part
 
     def scores(self, feats: torch.Tensor, subset: Subset, align: bool = False):
         """``zero_shot_eval`` of ``feats`` of ``subset`` with the run's text side (ConSE over the training classes)."""
@@ -105,13 +112,16 @@ class ZeroShotEpochEval:
             score = res.top1
             self.correct.append(res.pred == self.select_on.y.cpu())
             metrics["unseen_top1_monitor" if ev.by_test else "val_top1"] = score
-        if (ev.monitor_unseen or self.snapshot) and not ev.by_test:
+        if (ev.monitor_unseen or self.snapshot or ev.save_embeddings) and not ev.by_test:
             feats["unseen"] = self._embed(model, self.data.unseen)
         if "unseen" in feats and ev.monitor_unseen:
             mon = self.scores(feats["unseen"], self.data.unseen, align=True)
             metrics["unseen_top1_monitor"] = mon.top1
             if mon.top1_aligned is not None:
                 metrics["unseen_top1_aligned_monitor"] = mon.top1_aligned
+        if ev.save_embeddings:
+            for part, f in feats.items():
+                self.saved.setdefault(part, []).append(f.float().cpu())
         if self.snapshot and epoch >= self.first:
             for part in feats:  # trainval: the unseen part alone
                 unit = F.normalize(feats[part].float(), dim=1)
@@ -152,8 +162,21 @@ class ZeroShotEpochEval:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "sums": dict(self.sums), "correct": list(self.correct),
-                "snapshot_correct": self.snapshot_correct}
+                "snapshot_correct": self.snapshot_correct, "saved": {k: list(v) for k, v in self.saved.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.sums = int(state["epoch"]), dict(state["sums"])
         self.correct, self.snapshot_correct = list(state.get("correct", [])), state.get("snapshot_correct")
+        self.saved = {k: list(v) for k, v in state.get("saved", {}).items()}
+
+    def save_embeddings(self, path: Path, history: list[dict]) -> Path:
+        """Write every epoch's embeddings with what rescoring them needs (``experiments/train/rescore.py``)."""
+        data = self.data
+        arrays = {part: torch.stack(v).numpy() for part, v in self.saved.items()}
+        for part in list(arrays):
+            sub = data.val if part == "val" else data.unseen
+            arrays.update({f"{part}_y": sub.y.cpu().numpy(), f"{part}_classes": np.array(sub.classes)})
+        selectable = [h.get("averaged", 1.0) == 1.0 for h in history[-self.epoch:]]
+        np.savez(path, **arrays, text=self.text.cpu().float().numpy(), train_classes=np.array(data.train.classes),
+                 selectable=np.array(selectable), config=np.array(json.dumps(self.s.config, default=str)))
+        return path

@@ -111,6 +111,9 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
     if d.trainval and s.eval.selection != "snapshot":
         raise ValueError("trainval=True trains on the validation classes, so nothing is left to select an epoch on: "
                          f"it needs selection='snapshot' (got selection={s.eval.selection!r})")
+    if s.eval.save_embeddings and s.eval.selection not in ("val", "snapshot"):
+        raise ValueError("save_embeddings=True keeps the embeddings of a run selected on validation classes or by the "
+                         f"snapshot ensemble, which rescoring can repeat; got selection={s.eval.selection!r}")
     use_val = (s.eval.selection in ("val", "snapshot") and not d.trainval) or d.gzsl
     data = load_zero_shot(d.data_root, spec, d.split, list(d.unseen_classes), list(d.val_classes), d.max_frame,
                           use_val=use_val, holdout=d.gzsl_holdout if d.gzsl else 0.0, holdout_seed=d.val_seed)

@@ -148,6 +148,7 @@ class EvalSettings:
     folds: int = 3                 # selection="folds": validation folds of the seen classes
     snapshot_start: float = 0.25   # selection="snapshot": averaged from this fraction of the epochs on
     conse: ConseSettings | None = None  # None: nearest text
+    save_embeddings: bool = False  # every epoch's validation and unseen embeddings into the run folder
 
     @property
     def by_test(self) -> bool:
@@ -261,7 +262,7 @@ class Settings:
             loss=LossSettings(c["loss_type"], float(c["loss_alpha"]), float(c["loss_beta"]), float(c["loss_margin"])),
             eval=EvalSettings(c["selection"], bool(c["monitor_unseen"]), int(c["eval_batch_size"]), align,
                               int(c["exemplar_seed"]), float(c["one_shot_text_weight"]), int(c["val_folds"]),
-                              float(c["snapshot_start"]), conse),
+                              float(c["snapshot_start"]), conse, bool(c["save_embeddings"])),
             run=RunSettings(c["train_mode"], int(c["seed"]), c["device"], c["precision"], c["data_on_device"],
                             c["out_dir"], c["resume"], str(c["checkpoint"]), c["mongo_url"], c["tag"],
                             bool(c["sync_batchnorm"])),

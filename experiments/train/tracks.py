@@ -12,7 +12,7 @@ from experiments.train.evaluate import Outcome, final_report
 from experiments.train.folds import run_folds
 from experiments.train.loop import seed_everything, train_and_select
 from experiments.train.objectives import aggregation_record, zero_shot_training
-from experiments.train.epoch_eval import ZeroShotEpochEval
+from experiments.train.epoch_eval import EMBEDDINGS_FILE, ZeroShotEpochEval
 from experiments.train.prepare import folder_of, prepare_run, with_batch_size
 from experiments.train.settings import Settings
 
@@ -53,6 +53,8 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
     if not distributed.is_main():  # rank 0 scores the unseen classes and records the run
         return {}
     data.record.update(aggregation_record(s, objective))
+    if s.eval.save_embeddings:
+        outcome.record["embeddings_file"] = str(evaluator.save_embeddings(folder / EMBEDDINGS_FILE, outcome.history))
     return {**final_report(s, data, text, model, device, tracker, outcome), "batch_size": s.optim.batch_size}
 
 

@@ -1,0 +1,129 @@
+"""Rescoring runs from their saved per-epoch embeddings (``save_embeddings=True``).
+
+The choices made after training (the epoch picked on validation or the snapshot ensemble from any
+start, ConSE at any temperature, PGFA's alignment) change no weight, so one training gives all of
+them. A run with ``save_embeddings=True`` writes ``epoch_embeddings.npz`` into its folder: every
+epoch's validation and unseen embeddings, the labels, the class-text matrix, the training classes,
+which epochs could be picked and the run's config. This module scores them as a run would:
+
+    python -m experiments.train.rescore RUN_FOLDER [RUN_FOLDER ...] --snapshot-start 0.25 0.5 --conse 0.1
+
+prints one row per variant, pooled over the folders (mean ± sample std). Rescoring a run with its
+own settings gives its recorded numbers (tests/train/test_rescore.py). It reads the unseen classes
+like any run's final score does; choose variants by the validation columns only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from experiments.train.epoch_eval import EMBEDDINGS_FILE, holdout_top1, snapshot_first_epoch
+from experiments.train.evaluate import zero_shot_eval
+from experiments.train.settings import AlignSettings, ConseSettings
+
+COLUMNS = ("unseen_top1", "unseen_top1_aligned", "unseen_top1_centred", "val_top1", "val_holdout_top1")
+
+
+def load_embeddings(folder: str | Path) -> dict:
+    """The saved embeddings of a run folder (or of the file itself), as tensors; the config as a dict."""
+    path = Path(folder)
+    path = path / EMBEDDINGS_FILE if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no saved embeddings (run with save_embeddings=True)")
+    with np.load(path) as z:
+        out = {k: torch.from_numpy(z[k]) for k in z.files if k != "config"}
+        out["config"] = json.loads(str(z["config"]))
+    return out
+
+
+def run_align(config: dict) -> AlignSettings | None:
+    """PGFA's alignment as the run's config set it (None with ``DA=False``)."""
+    return AlignSettings(float(config["support_factor"]), int(config["min_support"]),
+                         float(config["entropy_scale"])) if config["DA"] else None
+
+
+def rescore(emb: dict, selection: str, snapshot_start: float = 0.25, conse: ConseSettings | None = None,
+            align: AlignSettings | None = None) -> dict:
+    """One variant of one run: ``selection`` "val" (the epoch best on validation, the first of equals, among
+    the epochs the run could pick) or "snapshot" (the mean of the epochs' unit embeddings from
+    ``floor(snapshot_start · epochs)`` on), each score with ``conse`` when given; the unseen classes scored
+    with ``align``. Returns the result keys a run records (``COLUMNS``, ``best_epoch``)."""
+    text, seen = emb["text"], emb["train_classes"].tolist()
+    has_val = "val" in emb
+    if selection == "val" and not has_val:
+        raise ValueError("selection='val' needs validation embeddings; this run has none (trainval=True)")
+    if selection not in ("val", "snapshot"):
+        raise ValueError(f"rescoring repeats selection 'val' or 'snapshot', got {selection!r}")
+    epochs = emb["unseen"].shape[0]
+    selectable = emb["selectable"].tolist()
+    out = {}
+    if has_val:
+        val_y, val_classes = emb["val_y"], emb["val_classes"].tolist()
+        runs = [zero_shot_eval(f, val_y, val_classes, text, conse=conse, seen=seen) for f in emb["val"]]
+        correct = torch.stack([r.pred == val_y for r in runs])
+    if selection == "val":
+        top1 = [r.top1 if ok else -1.0 for r, ok in zip(runs, selectable)]
+        best = int(np.argmax(top1))
+        feats = emb["unseen"][best]
+        out.update(best_epoch=best, val_top1=top1[best], val_holdout_top1=holdout_top1(correct, val_y, selectable))
+    else:
+        first = snapshot_first_epoch(snapshot_start, epochs)
+        sums = {}
+        for part in ("val", "unseen") if has_val else ("unseen",):
+            for e in range(first, epochs):  # summed in epoch order, as the run did
+                unit = F.normalize(emb[part][e].float(), dim=1)
+                sums[part] = unit if part not in sums else sums[part] + unit
+        feats = sums["unseen"] / (epochs - first)
+        out["best_epoch"] = epochs - 1
+        if has_val:
+            res = zero_shot_eval(sums["val"], val_y, val_classes, text, conse=conse, seen=seen)
+            out.update(val_top1=res.top1, val_holdout_top1=holdout_top1(correct, val_y, selectable,
+                                                                        res.pred == val_y))
+    res = zero_shot_eval(feats, emb["unseen_y"], emb["unseen_classes"].tolist(), text, align, conse, seen)
+    out.update(unseen_top1=res.top1, unseen_top1_aligned=res.top1_aligned, unseen_top1_centred=res.top1_centred)
+    return out
+
+
+def variants(starts: list[float], temperatures: list[float]) -> dict[str, tuple]:
+    """Name → (selection, snapshot_start, ConSE settings or None), ConSE off and at each temperature."""
+    out = {}
+    for tau in [None, *temperatures]:
+        conse = None if tau is None else ConseSettings(tau)
+        tail = "" if tau is None else f"+conse(τ {tau:g})"
+        out["val pick" + tail] = ("val", 0.25, conse)
+        out.update({f"snapshot from {s:g}" + tail: ("snapshot", s, conse) for s in starts})
+    return out
+
+
+def table(folders: list[str], starts: list[float], temperatures: list[float]) -> str:
+    """A markdown table: per variant, mean ± sample std over the runs of each column."""
+    embs = [load_embeddings(f) for f in folders]
+    lines = ["| variant | runs | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for name, (selection, start, conse) in variants(starts, temperatures).items():
+        rows = [rescore(e, selection, start, conse, run_align(e["config"])) for e in embs
+                if selection == "snapshot" or "val" in e]
+        cells = []
+        for col in COLUMNS:
+            vals = [r[col] for r in rows if r.get(col) is not None]
+            cells.append(f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.2f}"
+                         if vals else "–")
+        lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Rescore runs saved with save_embeddings=True (module docstring).")
+    p.add_argument("folders", nargs="+", help="run folders (or their epoch_embeddings.npz)")
+    p.add_argument("--snapshot-start", type=float, nargs="+", default=[0.25], help="snapshot ensemble starts")
+    p.add_argument("--conse", type=float, nargs="*", default=[], help="ConSE temperatures (besides ConSE off)")
+    a = p.parse_args(argv)
+    print(table(a.folders, a.snapshot_start, a.conse))
+
+
+if __name__ == "__main__":
+    main()

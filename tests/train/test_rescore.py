@@ -1,0 +1,78 @@
+"""Rescoring saved per-epoch embeddings (``save_embeddings=True``, experiments/train/rescore.py): a run's
+own settings give its recorded numbers; the file resumes with the run; bad requests are refused."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from experiments.train.rescore import COLUMNS, load_embeddings, main, rescore, run_align
+from experiments.train.settings import ConseSettings
+from main import ex
+
+TINY = dict(text_model="minilm", text_kind="labels", epoch_num=3, hidden_channels=4, out_channels=16, max_frame=8,
+            batch_size=64, warmup_epochs=1, save_embeddings=True)
+RECORDED = {"val_top1": "best_val_top1", **{c: c for c in COLUMNS if c != "val_top1"}}
+
+
+def run(root, out, **updates):
+    cfg = {"data_root": str(root), "out_dir": str(out), **TINY, **updates}
+    return ex.run(config_updates=cfg, options={"--loglevel": "ERROR"}).result
+
+
+def assert_repeats(res: dict, again: dict):
+    assert again["best_epoch"] == res["best_epoch"]
+    for col, key in RECORDED.items():
+        assert again[col] == pytest.approx(res[key], abs=1e-9), col
+
+
+@pytest.mark.slow
+def test_rescoring_a_run_with_its_own_settings_repeats_its_numbers(text_root, tmp_path):
+    res = run(text_root, tmp_path / "val")  # the epoch picked on validation
+    emb = load_embeddings(tmp_path / "val")
+    assert res["embeddings_file"] == str(tmp_path / "val" / "epoch_embeddings.npz")
+    assert emb["val"].shape[0] == emb["unseen"].shape[0] == 3 and emb["config"]["seed"] == 0
+    assert_repeats(res, rescore(emb, "val", align=run_align(emb["config"])))
+    snap = run(text_root, tmp_path / "snap", selection="snapshot", snapshot_start=0.34, conse=True)
+    emb = load_embeddings(tmp_path / "snap" / "epoch_embeddings.npz")
+    again = rescore(emb, "snapshot", 0.34, ConseSettings(0.1), run_align(emb["config"]))
+    assert_repeats(snap, again)
+    assert rescore(emb, "snapshot", 0.34, None, None)["unseen_top1_aligned"] is None  # DA off: no aligned number
+    tv = run(text_root, tmp_path / "tv", selection="snapshot", trainval=True)
+    emb = load_embeddings(tmp_path / "tv")
+    assert "val" not in emb and rescore(emb, "snapshot", align=run_align(emb["config"]))["unseen_top1"] == \
+        pytest.approx(tv["unseen_top1"], abs=1e-9)
+    with pytest.raises(ValueError, match="needs validation embeddings"):
+        rescore(emb, "val")
+
+
+@pytest.mark.slow
+def test_saved_embeddings_resume_with_the_run(text_root, tmp_path, stop_after_first_epoch):
+    stop_after_first_epoch.reference_and_resumed(lambda out, **kw: run(text_root, out, **kw), tmp_path / "ref",
+                                                 tmp_path / "victim", selection="snapshot")
+    with np.load(tmp_path / "ref" / "epoch_embeddings.npz") as a, \
+            np.load(tmp_path / "victim" / "epoch_embeddings.npz") as b:
+        assert set(a.files) == set(b.files)
+        for k in a.files:
+            if k != "config":  # the resumed run's config names its resume folder
+                assert np.array_equal(a[k], b[k]), k
+
+
+@pytest.mark.slow
+def test_rescore_command_prints_a_row_per_variant(text_root, tmp_path, capsys):
+    for seed in (0, 1):
+        run(text_root, tmp_path / f"s{seed}", seed=seed)
+    main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--snapshot-start", "0.25", "0.5", "--conse", "0.2"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["val pick", "snapshot from 0.25", "snapshot from 0.5",
+                                                     "val pick+conse(τ 0.2)", "snapshot from 0.25+conse(τ 0.2)",
+                                                     "snapshot from 0.5+conse(τ 0.2)"]
+    assert all(r.split(" | ")[1] == "2" for r in rows)
+
+
+def test_refusals(text_root, tmp_path):
+    with pytest.raises(ValueError, match="save_embeddings=True .* got selection='test'"):
+        run(text_root, tmp_path / "t", selection="test")
+    with pytest.raises(FileNotFoundError, match="no saved embeddings"):
+        load_embeddings(tmp_path)
+    with pytest.raises(ValueError, match="repeats selection 'val' or 'snapshot'"):
+        rescore({"text": None, "train_classes": np.array([0]), "val": None}, "folds")
