@@ -277,7 +277,7 @@ def config():
         TRACK_DEFAULTS[train_mode].get("selection", "val")  # a dataset's default is a zero-shot one (pretrain: last)
     val_folds = 3
     snapshot_start = 0.25
-    trainval = _d.get("trainval", False)  # snapshot only: the validation classes are trained on too (Xian et al.)
+    trainval = _d.get("trainval", False) and selection == "snapshot"  # the validation classes trained on too
     conse = _d.get("conse", False)  # ConSE at test time (module/align.py: seen_mixture): a sample = its seen-text mix
     conse_temperature = 0.1  # the softmax temperature over the cosines to the seen classes' texts
     conse_top_k = 0  # mix only the k most similar seen classes (0: all)
