@@ -54,10 +54,11 @@ DATASETS: dict[str, DatasetSpec] = {
                             defaults={"batch_size": 32, "selection": "snapshot"}),
     # The small datasets' defaults are the components whose validation gain over the paper's settings
     # was clear (docs/zeroshot_small.md#measured): never chosen on unseen classes. A dataset's
-    # selection applies to the zero-shot tracks only (config.py).
+    # selection applies to the zero-shot tracks only (config.py), trainval only with the snapshot ensemble.
     "nw_ucla": DatasetSpec("nw_ucla", 10, "kinect20", 1, 50,
                            prepare="python main.py prepare with dataset=nw_ucla raw.path=<all_sqe folder>",
-                           defaults={"batch_size": 32, "text_kind": "labels+des+parts", "selection": "snapshot"}),
+                           defaults={"batch_size": 32, "text_kind": "labels+des+parts", "selection": "snapshot",
+                                     "trainval": True}),
 }
 for _ntu in ("ntu60", "ntu120"):  # the prepare command names its input
     DATASETS[_ntu] = replace(DATASETS[_ntu], prepare=f"python main.py prepare with dataset={_ntu} "

@@ -63,15 +63,19 @@ def test_tiny_zero_shot_run_on_prepared_utd_mhad(tmp_path):
 
 
 def test_small_dataset_defaults_and_paper_defaults_elsewhere():
-    """NW-UCLA's default text is the ensemble, both small datasets' selection the snapshot ensemble (chosen on
-    validation classes: docs/zeroshot_small.md); an override still wins; a dataset's selection is a
-    zero-shot default only; the NTU/demo configs keep the paper's settings."""
+    """NW-UCLA's default text is the ensemble, both small datasets' selection the snapshot ensemble, NW-UCLA's
+    with trainval (chosen on validation classes: docs/zeroshot_small.md); an override still wins; a dataset's
+    selection is a zero-shot default only; the NTU/demo configs keep the paper's settings."""
     assert config_of(dataset="nw_ucla")["text_kind"] == "labels+des+parts"
     assert config_of(dataset="nw_ucla", text_kind="des")["text_kind"] == "des"
     assert config_of(dataset="utd_mhad")["selection"] == config_of(dataset="nw_ucla")["selection"] == "snapshot"
     assert config_of(dataset="utd_mhad", selection="val")["selection"] == "val"
     assert config_of(dataset="utd_mhad", train_mode="supervised")["selection"] == "val"
     assert config_of(dataset="utd_mhad", train_mode="pretrain")["selection"] == "last"
+    # NW-UCLA trains on its validation classes too, with the snapshot ensemble only (nothing else to pick on)
+    assert config_of(dataset="nw_ucla")["trainval"] is True and config_of(dataset="utd_mhad")["trainval"] is False
+    assert config_of(dataset="nw_ucla", selection="val")["trainval"] is False
+    assert config_of(dataset="nw_ucla", train_mode="supervised")["trainval"] is False
     for ds in ("utd_mhad", "ntu60", "demo"):
         cfg = config_of(dataset=ds)
         assert cfg["part_align"] is False and cfg["text_kind"] == "des" and cfg["weight_average"] == "none"
