@@ -8,7 +8,8 @@ which epochs could be picked and the run's config. This module scores them as a 
 
     python -m experiments.train.rescore RUN_FOLDER [RUN_FOLDER ...] --snapshot-start 0.25 0.5 --conse 0.1
 
-prints one row per variant, pooled over the folders (mean ± sample std). Rescoring a run with its
+prints one row per variant, pooled over the folders (mean ± sample std); ``--val-classes`` validates on
+some of the saved validation classes only. Rescoring a run with its
 own settings gives its recorded numbers (tests/train/test_rescore.py). It reads the unseen classes
 like any run's final score does; choose variants by the validation columns only.
 """
@@ -47,12 +48,23 @@ def run_align(config: dict) -> AlignSettings | None:
                          float(config["entropy_scale"])) if config["DA"] else None
 
 
+def only_classes(emb: dict, classes: list[int]) -> dict:
+    """``emb`` with its validation part cut down to ``classes`` (a subset of the saved validation classes)."""
+    saved = emb["val_classes"].tolist() if "val" in emb else []
+    if not classes or set(classes) - set(saved):
+        raise ValueError(f"validation classes {sorted(classes)} must be a non-empty subset of the saved ones {saved}")
+    keep = torch.isin(emb["val_y"], torch.tensor(classes))
+    return {**emb, "val": emb["val"][:, keep], "val_y": emb["val_y"][keep], "val_classes": torch.tensor(classes)}
+
+
 def rescore(emb: dict, selection: str, snapshot_start: float = 0.25, conse: ConseSettings | None = None,
-            align: AlignSettings | None = None) -> dict:
+            align: AlignSettings | None = None, val_classes: list[int] | None = None) -> dict:
     """One variant of one run: ``selection`` "val" (the epoch best on validation, the first of equals, among
     the epochs the run could pick) or "snapshot" (the mean of the epochs' unit embeddings from
     ``floor(snapshot_start · epochs)`` on), each score with ``conse`` when given; the unseen classes scored
-    with ``align``. Returns the result keys a run records (``COLUMNS``, ``best_epoch``)."""
+    with ``align``. ``val_classes``: validate on these of the saved validation classes only (a nested
+    comparison, docs/zeroshot_small.md). Returns the result keys a run records (``COLUMNS``, ``best_epoch``)."""
+    emb = only_classes(emb, val_classes) if val_classes else emb
     text, seen = emb["text"], emb["train_classes"].tolist()
     has_val = "val" in emb
     if selection == "val" and not has_val:
@@ -100,12 +112,12 @@ def variants(starts: list[float], temperatures: list[float]) -> dict[str, tuple]
     return out
 
 
-def table(folders: list[str], starts: list[float], temperatures: list[float]) -> str:
+def table(folders: list[str], starts: list[float], temperatures: list[float], val_classes: list[int] = ()) -> str:
     """A markdown table: per variant, mean ± sample std over the runs of each column."""
     embs = [load_embeddings(f) for f in folders]
     lines = ["| variant | runs | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for name, (selection, start, conse) in variants(starts, temperatures).items():
-        rows = [rescore(e, selection, start, conse, run_align(e["config"])) for e in embs
+        rows = [rescore(e, selection, start, conse, run_align(e["config"]), list(val_classes)) for e in embs
                 if selection == "snapshot" or "val" in e]
         cells = []
         for col in COLUMNS:
@@ -121,8 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("folders", nargs="+", help="run folders (or their epoch_embeddings.npz)")
     p.add_argument("--snapshot-start", type=float, nargs="+", default=[0.25], help="snapshot ensemble starts")
     p.add_argument("--conse", type=float, nargs="*", default=[], help="ConSE temperatures (besides ConSE off)")
+    p.add_argument("--val-classes", type=int, nargs="*", default=[],
+                   help="validate on these of the saved validation classes only (default: all)")
     a = p.parse_args(argv)
-    print(table(a.folders, a.snapshot_start, a.conse))
+    print(table(a.folders, a.snapshot_start, a.conse, a.val_classes))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from experiments.train.rescore import COLUMNS, load_embeddings, main, rescore, run_align
 from experiments.train.settings import ConseSettings
@@ -37,6 +38,16 @@ def test_rescoring_a_run_with_its_own_settings_repeats_its_numbers(text_root, tm
     again = rescore(emb, "snapshot", 0.34, ConseSettings(0.1), run_align(emb["config"]))
     assert_repeats(snap, again)
     assert rescore(emb, "snapshot", 0.34, None, None)["unseen_top1_aligned"] is None  # DA off: no aligned number
+    # validating on some of the saved classes equals scoring those classes' samples among them alone
+    some = emb["val_classes"].tolist()[:2]
+    keep = np.isin(emb["val_y"].numpy(), some)
+    cut = rescore(emb, "snapshot", 0.34, val_classes=some)
+    first = 1  # floor(0.34 * 3)
+    mean = torch.nn.functional.normalize(emb["val"][first:, keep], dim=2).sum(0)
+    pred = np.array(some)[(mean @ torch.nn.functional.normalize(emb["text"][some], dim=1).T).argmax(1).numpy()]
+    assert cut["val_top1"] == pytest.approx(100 * np.mean(pred == emb["val_y"].numpy()[keep]))
+    with pytest.raises(ValueError, match="must be a non-empty subset"):
+        rescore(emb, "snapshot", val_classes=[99])
     tv = run(text_root, tmp_path / "tv", selection="snapshot", trainval=True)
     emb = load_embeddings(tmp_path / "tv")
     assert "val" not in emb and rescore(emb, "snapshot", align=run_align(emb["config"]))["unseen_top1"] == \
