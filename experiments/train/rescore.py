@@ -9,9 +9,9 @@ which epochs could be picked and the run's config. This module scores them as a 
     python -m experiments.train.rescore RUN_FOLDER [RUN_FOLDER ...] --snapshot-start 0.25 0.5 --conse 0.1
 
 prints one row per variant, pooled over the folders (mean ± sample std); ``--val-classes`` validates on
-some of the saved validation classes only. Rescoring a run with its
-own settings gives its recorded numbers (tests/train/test_rescore.py). It reads the unseen classes
-like any run's final score does; choose variants by the validation columns only.
+some of the saved validation classes only. Rescoring a run with its own settings gives its recorded
+numbers (tests/train/test_rescore.py). It reads the unseen classes like any run's final score does;
+choose variants by the validation columns only.
 """
 from __future__ import annotations
 
@@ -75,8 +75,8 @@ def rescore(emb: dict, selection: str, snapshot_start: float = 0.25, conse: Cons
     selectable = emb["selectable"].tolist()
     out = {}
     if has_val:
-        val_y, val_classes = emb["val_y"], emb["val_classes"].tolist()
-        runs = [zero_shot_eval(f, val_y, val_classes, text, conse=conse, seen=seen) for f in emb["val"]]
+        val_y, classes = emb["val_y"], emb["val_classes"].tolist()
+        runs = [zero_shot_eval(f, val_y, classes, text, conse=conse, seen=seen) for f in emb["val"]]
         correct = torch.stack([r.pred == val_y for r in runs])
     if selection == "val":
         top1 = [r.top1 if ok else -1.0 for r, ok in zip(runs, selectable)]
@@ -93,7 +93,7 @@ def rescore(emb: dict, selection: str, snapshot_start: float = 0.25, conse: Cons
         feats = sums["unseen"] / (epochs - first)
         out["best_epoch"] = epochs - 1
         if has_val:
-            res = zero_shot_eval(sums["val"], val_y, val_classes, text, conse=conse, seen=seen)
+            res = zero_shot_eval(sums["val"], val_y, classes, text, conse=conse, seen=seen)
             out.update(val_top1=res.top1, val_holdout_top1=holdout_top1(correct, val_y, selectable,
                                                                         res.pred == val_y))
     res = zero_shot_eval(feats, emb["unseen_y"], emb["unseen_classes"].tolist(), text, align, conse, seen)

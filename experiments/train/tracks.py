@@ -72,9 +72,11 @@ def run_test(cfg: dict, tracker: Tracker | None = None) -> dict:
     if trained.get("train_mode") in ("supervised", "linear_eval"):
         raise ValueError(f"{path}: a supervised classifier's checkpoint; train_mode='test' evaluates zero-shot "
                          "checkpoints (a supervised run already scores its test set; its scores: test_scores.npz)")
-    # the result reports the rule that selected this checkpoint, not this run's default; the FR-Head
+    # the result reports the rule that selected this checkpoint (and whether it trained on the validation
+    # classes), not this run's defaults; the FR-Head
     # (a training-only loss) is not rebuilt
-    s = Settings.from_config({**cfg, "selection": trained.get("selection", cfg["selection"]), "fr_head": False})
+    s = Settings.from_config({**cfg, "selection": trained.get("selection", cfg["selection"]),
+                              "trainval": bool(trained.get("trainval", False)), "fr_head": False})
     data, text, model, device = prepare_run(s)
     try:
         model.load_state_dict({k: v for k, v in ckpt["model"].items() if not k.startswith("fr_head.")})

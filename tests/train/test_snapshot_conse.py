@@ -214,5 +214,8 @@ def test_trainval_run_trains_on_the_validation_classes(text_root, tmp_path):
     assert set(last["evaluator"]["sums"]) == {"unseen"}
     ev = run(text_root, tmp_path / "test", train_mode="test", checkpoint=res["checkpoint"])
     assert ev["trained_on"]["trainval"] is True and "not stored" in ev["evaluated_weights"]
+    # evaluation follows the checkpoint's run, not the evaluating config's trainval (a dataset default)
+    ev = run(text_root, tmp_path / "test2", train_mode="test", checkpoint=ref["checkpoint"], trainval=True)
+    assert not ev["trained_on"]["trainval"] and ev["val_classes"] == ref["val_classes"]
     with pytest.raises(ValueError, match="trainval=True .* needs selection='snapshot'"):
         run(text_root, tmp_path / "bad", selection="val", trainval=True)
