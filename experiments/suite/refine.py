@@ -101,6 +101,9 @@ def validation_confusion(checkpoint: Path, data_root: str, defaults: dict) -> tu
     if cfg.get("train_mode") not in ("main", "sota", "one_shot") or not cfg.get("val_classes"):
         raise ValueError(f"{checkpoint}: refine_texts questions a zero-shot run with validation classes "
                          f"(train_mode={cfg.get('train_mode')!r}, val_classes={cfg.get('val_classes')!r})")
+    if cfg.get("trainval") or cfg.get("selection") == "folds":
+        raise ValueError(f"{checkpoint}: its run trained on its validation classes (trainval={cfg.get('trainval')!r}, "
+                         f"selection={cfg.get('selection')!r}), so their confusions are not zero-shot ones")
     s = Settings.from_config(cfg)
     spec = get_dataset(s.data.dataset, data_root)
     val = load_validation(data_root, spec, s.data.split, list(s.data.unseen_classes), list(s.data.val_classes),

@@ -24,7 +24,7 @@ METRICS = (("unseen_top1", "unseen top-1"), ("unseen_top1_aligned", "aligned top
 # Entries that differ between runs of one variant (or only say where a run was kept).
 NOT_A_VARIANT = {"seed", "out_dir", "resume", "checkpoint", "mongo_url", "offline", "device", "data_root", "raw",
                  "new_split", "sweep", "report", "tag", "shift_impl", "eval_batch_size", "split", "dataset",
-                 "unseen_classes", "val_classes", "train_mode"}
+                 "unseen_classes", "val_classes", "train_mode", "save_embeddings"}
 
 # Published unseen top-1 (%), selected on the unseen test set by their authors (../shared/docs/SPLITS.md).
 QUOTED: dict[tuple[str, str, str], dict[str, float]] = {

@@ -50,7 +50,9 @@ def run_align(config: dict) -> AlignSettings | None:
 
 def only_classes(emb: dict, classes: list[int]) -> dict:
     """``emb`` with its validation part cut down to ``classes`` (a subset of the saved validation classes)."""
-    saved = emb["val_classes"].tolist() if "val" in emb else []
+    if "val" not in emb:
+        raise ValueError("--val-classes: this run saved no validation embeddings (trainval=True trains on them)")
+    saved = emb["val_classes"].tolist()
     if not classes or set(classes) - set(saved):
         raise ValueError(f"validation classes {sorted(classes)} must be a non-empty subset of the saved ones {saved}")
     keep = torch.isin(emb["val_y"], torch.tensor(classes))
@@ -101,22 +103,23 @@ def rescore(emb: dict, selection: str, snapshot_start: float = 0.25, conse: Cons
     return out
 
 
-def variants(starts: list[float], temperatures: list[float]) -> dict[str, tuple]:
+def variants(starts: list[float], temperatures: list[float], top_k: int = 0) -> dict[str, tuple]:
     """Name → (selection, snapshot_start, ConSE settings or None), ConSE off and at each temperature."""
     out = {}
     for tau in [None, *temperatures]:
-        conse = None if tau is None else ConseSettings(tau)
+        conse = None if tau is None else ConseSettings(tau, top_k)
         tail = "" if tau is None else f"+conse(τ {tau:g})"
         out["val pick" + tail] = ("val", 0.25, conse)
         out.update({f"snapshot from {s:g}" + tail: ("snapshot", s, conse) for s in starts})
     return out
 
 
-def table(folders: list[str], starts: list[float], temperatures: list[float], val_classes: list[int] = ()) -> str:
+def table(folders: list[str], starts: list[float], temperatures: list[float], val_classes: list[int] = (),
+          top_k: int = 0) -> str:
     """A markdown table: per variant, mean ± sample std over the runs of each column."""
     embs = [load_embeddings(f) for f in folders]
     lines = ["| variant | runs | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
-    for name, (selection, start, conse) in variants(starts, temperatures).items():
+    for name, (selection, start, conse) in variants(starts, temperatures, top_k).items():
         rows = [rescore(e, selection, start, conse, run_align(e["config"]), list(val_classes)) for e in embs
                 if selection == "snapshot" or "val" in e]
         cells = []
@@ -135,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--conse", type=float, nargs="*", default=[], help="ConSE temperatures (besides ConSE off)")
     p.add_argument("--val-classes", type=int, nargs="*", default=[],
                    help="validate on these of the saved validation classes only (default: all)")
+    p.add_argument("--conse-top-k", type=int, default=0, help="ConSE: mix only the k nearest seen classes (0: all)")
     a = p.parse_args(argv)
-    print(table(a.folders, a.snapshot_start, a.conse, a.val_classes))
+    print(table(a.folders, a.snapshot_start, a.conse, a.val_classes, a.conse_top_k))
 
 
 if __name__ == "__main__":

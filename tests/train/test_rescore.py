@@ -54,6 +54,13 @@ def test_rescoring_a_run_with_its_own_settings_repeats_its_numbers(text_root, tm
         pytest.approx(tv["unseen_top1"], abs=1e-9)
     with pytest.raises(ValueError, match="needs validation embeddings"):
         rescore(emb, "val")
+    with pytest.raises(ValueError, match="saved no validation embeddings"):
+        rescore(emb, "snapshot", val_classes=[0])
+    # with SWA the raw epochs before swa_start cannot be picked: rescoring skips them as the run did
+    swa = run(text_root, tmp_path / "swa", weight_average="swa", swa_start=0.5)
+    emb = load_embeddings(tmp_path / "swa")
+    assert emb["selectable"].tolist() == [False, True, True]
+    assert_repeats(swa, rescore(emb, "val", align=run_align(emb["config"])))
 
 
 @pytest.mark.slow
@@ -81,8 +88,9 @@ def test_rescore_command_prints_a_row_per_variant(text_root, tmp_path, capsys):
 
 
 def test_refusals(text_root, tmp_path):
-    with pytest.raises(ValueError, match="save_embeddings=True .* got selection='test'"):
-        run(text_root, tmp_path / "t", selection="test")
+    for selection in ("test", "folds"):  # folds: before any of its trainings
+        with pytest.raises(ValueError, match=f"save_embeddings=True .* got selection='{selection}'"):
+            run(text_root, tmp_path / "t", selection=selection)
     with pytest.raises(FileNotFoundError, match="no saved embeddings"):
         load_embeddings(tmp_path)
     with pytest.raises(ValueError, match="repeats selection 'val' or 'snapshot'"):

@@ -181,6 +181,12 @@ def test_resumed_snapshot_run_equals_the_uninterrupted_one(text_root, tmp_path, 
     assert {k: v for k, v in resumed.items() if k not in DROP} == {k: v for k, v in ref.items() if k not in DROP}
 
 
+def test_trainval_needs_the_snapshot_ensemble_before_any_training(text_root, tmp_path):
+    for selection in ("val", "folds"):  # folds: refused before its fold stages (which select by "val")
+        with pytest.raises(ValueError, match=f"trainval=True .* needs selection='snapshot' .got selection='{selection}'"):
+            run(text_root, tmp_path / "bad", selection=selection, trainval=True)
+
+
 def test_snapshot_and_conse_refuse_gzsl(text_root, tmp_path):
     for opts in (dict(selection="snapshot"), dict(conse=True)):
         with pytest.raises(ValueError, match="does not combine"):
@@ -214,8 +220,10 @@ def test_trainval_run_trains_on_the_validation_classes(text_root, tmp_path):
     assert set(last["evaluator"]["sums"]) == {"unseen"}
     ev = run(text_root, tmp_path / "test", train_mode="test", checkpoint=res["checkpoint"])
     assert ev["trained_on"]["trainval"] is True and "not stored" in ev["evaluated_weights"]
+    from experiments.suite.refine import validation_confusion  # no validation confusions left to refine on
+
+    with pytest.raises(ValueError, match="trained on its validation classes"):
+        validation_confusion(res["checkpoint"], str(text_root), {})
     # evaluation follows the checkpoint's run, not the evaluating config's trainval (a dataset default)
     ev = run(text_root, tmp_path / "test2", train_mode="test", checkpoint=ref["checkpoint"], trainval=True)
     assert not ev["trained_on"]["trainval"] and ev["val_classes"] == ref["val_classes"]
-    with pytest.raises(ValueError, match="trainval=True .* needs selection='snapshot'"):
-        run(text_root, tmp_path / "bad", selection="val", trainval=True)
