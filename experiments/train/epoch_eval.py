@@ -35,6 +35,7 @@ from experiments.train.steps import embed
 
 EMBEDDINGS_FILE = "epoch_embeddings.npz"  # save_embeddings=True: every epoch's embeddings (rescore.py)
 
+
 def holdout_top1(correct: torch.Tensor, labels: torch.Tensor, selectable: list[bool] | None = None,
                  fixed: torch.Tensor | None = None) -> float:
     """A validation estimate of a selection rule that no pick inflates: the validation classes are split
@@ -65,6 +66,17 @@ def holdout_top1(correct: torch.Tensor, labels: torch.Tensor, selectable: list[b
                 chosen = fixed
             scores.append(100.0 * chosen[~a].double().mean().item())
     return sum(scores) / len(scores)
+
+
+def add_unit(sums: dict[str, torch.Tensor], part: str, feats: torch.Tensor) -> None:
+    """Add the unit-length rows of ``feats`` to ``sums[part]`` (the snapshot ensemble's running sum)."""
+    unit = F.normalize(feats.float(), dim=1)
+    sums[part] = unit if part not in sums else sums[part] + unit
+
+
+def pickable(history: list[dict], epochs: int) -> list[bool]:
+    """Which of the last ``epochs`` epochs the run could pick (not SWA's raw weights before averaging)."""
+    return [h.get("averaged", 1.0) == 1.0 for h in history[-epochs:]]
 
 
 def snapshot_first_epoch(start: float, epoch_num: int) -> int:
@@ -123,9 +135,8 @@ class ZeroShotEpochEval:
             for part, f in feats.items():
                 self.saved.setdefault(part, []).append(f.float().cpu())
         if self.snapshot and epoch >= self.first:
-            for part in feats:  # trainval: the unseen part alone
-                unit = F.normalize(feats[part].float(), dim=1)
-                self.sums[part] = unit if part not in self.sums else self.sums[part] + unit
+            for part, f in feats.items():  # trainval: the unseen part alone
+                add_unit(self.sums, part, f)
             if self.select_on is not None:
                 res = self.scores(self.sums["val"], self.select_on)
                 score, self.snapshot_correct = res.top1, res.pred == self.select_on.y.cpu()
@@ -155,8 +166,8 @@ class ZeroShotEpochEval:
         if self.s.data.trainval:
             out.update({"trainval": True, "train_classes": len(self.data.train.classes)})
         if self.correct and not self.s.eval.by_test and self.s.eval.selection in ("val", "snapshot"):
-            selectable = [h.get("averaged", 1.0) == 1.0 for h in history[-len(self.correct):]]
-            out["val_holdout_top1"] = holdout_top1(torch.stack(self.correct), self.select_on.y.cpu(), selectable,
+            out["val_holdout_top1"] = holdout_top1(torch.stack(self.correct), self.select_on.y.cpu(),
+                                                   pickable(history, len(self.correct)),
                                                    self.snapshot_correct)
         return out
 
@@ -176,7 +187,6 @@ class ZeroShotEpochEval:
         for part in list(arrays):
             sub = data.val if part == "val" else data.unseen
             arrays.update({f"{part}_y": sub.y.cpu().numpy(), f"{part}_classes": np.array(sub.classes)})
-        selectable = [h.get("averaged", 1.0) == 1.0 for h in history[-self.epoch:]]
         np.savez(path, **arrays, text=self.text.cpu().float().numpy(), train_classes=np.array(data.train.classes),
-                 selectable=np.array(selectable), config=np.array(json.dumps(self.s.config, default=str)))
+                 selectable=np.array(pickable(history, self.epoch)), config=np.array(json.dumps(self.s.config, default=str)))
         return path

@@ -96,16 +96,6 @@ def place_data(data: ZeroShotData, device: torch.device, mode: str | bool) -> No
             setattr(data, name, Subset(place_subset(sub, device, mode).x, sub.y, sub.classes))
 
 
-def check_selection(s: Settings) -> None:
-    """What only some selection rules allow (checked before any training, the folds' included)."""
-    if s.data.trainval and s.eval.selection != "snapshot":
-        raise ValueError("trainval=True trains on the validation classes, so nothing is left to select an epoch on: "
-                         f"it needs selection='snapshot' (got selection={s.eval.selection!r})")
-    if s.eval.save_embeddings and s.eval.selection not in ("val", "snapshot"):
-        raise ValueError("save_embeddings=True keeps the embeddings of a run selected on validation classes or by the "
-                         f"snapshot ensemble, which rescoring can repeat; got selection={s.eval.selection!r}")
-
-
 def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextModel, torch.device]:
     """Everything that can fail on bad input, checked before the first training step."""
     d = s.data
@@ -118,7 +108,6 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
         raise ValueError("gzsl=True calibrates one model's scores over seen and unseen classes: it does not combine "
                          f"with selection='snapshot' or conse=True (got selection={s.eval.selection!r}, "
                          f"conse={s.eval.conse is not None})")
-    check_selection(s)
     use_val = (s.eval.selection in ("val", "snapshot") and not d.trainval) or d.gzsl
     data = load_zero_shot(d.data_root, spec, d.split, list(d.unseen_classes), list(d.val_classes), d.max_frame,
                           use_val=use_val, holdout=d.gzsl_holdout if d.gzsl else 0.0, holdout_seed=d.val_seed)

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from experiments.train.epoch_eval import EMBEDDINGS_FILE, holdout_top1, snapshot_first_epoch
+from experiments.train.epoch_eval import EMBEDDINGS_FILE, add_unit, holdout_top1, snapshot_first_epoch
 from experiments.train.evaluate import zero_shot_eval
 from experiments.train.settings import AlignSettings, ConseSettings
 
@@ -78,9 +77,9 @@ def rescore(emb: dict, selection: str, snapshot_start: float = 0.25, conse: Cons
     out = {}
     if has_val:
         val_y, classes = emb["val_y"], emb["val_classes"].tolist()
+    if selection == "val":
         runs = [zero_shot_eval(f, val_y, classes, text, conse=conse, seen=seen) for f in emb["val"]]
         correct = torch.stack([r.pred == val_y for r in runs])
-    if selection == "val":
         top1 = [r.top1 if ok else -1.0 for r, ok in zip(runs, selectable)]
         best = int(np.argmax(top1))
         feats = emb["unseen"][best]
@@ -90,14 +89,13 @@ def rescore(emb: dict, selection: str, snapshot_start: float = 0.25, conse: Cons
         sums = {}
         for part in ("val", "unseen") if has_val else ("unseen",):
             for e in range(first, epochs):  # summed in epoch order, as the run did
-                unit = F.normalize(emb[part][e].float(), dim=1)
-                sums[part] = unit if part not in sums else sums[part] + unit
+                add_unit(sums, part, emb[part][e])
         feats = sums["unseen"] / (epochs - first)
         out["best_epoch"] = epochs - 1
         if has_val:
             res = zero_shot_eval(sums["val"], val_y, classes, text, conse=conse, seen=seen)
-            out.update(val_top1=res.top1, val_holdout_top1=holdout_top1(correct, val_y, selectable,
-                                                                        res.pred == val_y))
+            fixed = res.pred == val_y  # a model no epoch pick chose: only whether any epoch was pickable matters
+            out.update(val_top1=res.top1, val_holdout_top1=holdout_top1(fixed[None], val_y, [any(selectable)], fixed))
     res = zero_shot_eval(feats, emb["unseen_y"], emb["unseen_classes"].tolist(), text, align, conse, seen)
     out.update(unseen_top1=res.top1, unseen_top1_aligned=res.top1_aligned, unseen_top1_centred=res.top1_centred)
     return out

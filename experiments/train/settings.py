@@ -244,7 +244,7 @@ class Settings:
         align = AlignSettings(float(c["support_factor"]), int(c["min_support"]), float(c["entropy_scale"])) \
             if c["DA"] else None
         conse = ConseSettings(float(c["conse_temperature"]), int(c["conse_top_k"])) if c["conse"] else None
-        return cls(
+        s = cls(
             data=DataSettings(c["dataset"], str(c["data_root"]), c["split"], tuple(c["unseen_classes"]),
                               tuple(c["val_classes"]), int(c["val_seed"]), int(c["max_frame"]), bool(c["gzsl"]),
                               float(c["gzsl_holdout"]), int(c["samples_per_class"]), int(c["samples_seed"]),
@@ -279,6 +279,19 @@ class Settings:
                                       int(c["moco_mix_views"])),
             aggregation=AggregationSettings(bool(c["aggregation"]), float(c["aggregation_weight"])),
         )
+        check_selection(s)
+        return s
+
+
+def check_selection(s: Settings) -> None:
+    """What only some selection rules allow, checked when a config is unpacked: before any training
+    (a folds run's stages, which select by "val", included)."""
+    if s.data.trainval and s.eval.selection != "snapshot":
+        raise ValueError("trainval=True trains on the validation classes, so nothing is left to select an epoch on: "
+                         f"it needs selection='snapshot' (got selection={s.eval.selection!r})")
+    if s.eval.save_embeddings and s.eval.selection not in ("val", "snapshot"):
+        raise ValueError("save_embeddings=True keeps the embeddings of a run selected on validation classes or by the "
+                         f"snapshot ensemble, which rescoring can repeat; got selection={s.eval.selection!r}")
 
 
 def _pair(value, key: str) -> tuple[float, float]:

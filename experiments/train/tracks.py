@@ -13,7 +13,7 @@ from experiments.train.folds import run_folds
 from experiments.train.loop import seed_everything, train_and_select
 from experiments.train.objectives import aggregation_record, zero_shot_training
 from experiments.train.epoch_eval import EMBEDDINGS_FILE, ZeroShotEpochEval
-from experiments.train.prepare import check_selection, folder_of, prepare_run, with_batch_size
+from experiments.train.prepare import folder_of, prepare_run, with_batch_size
 from experiments.train.settings import Settings
 
 log = logging.getLogger("pgfa")
@@ -32,7 +32,6 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
     """
     tracker = tracker or NullTracker()
     s = Settings.from_config(cfg)
-    check_selection(s)  # before the folds hand-off, whose stages select by "val"
     if s.eval.selection == "folds":
         return run_folds(s, tracker)
     generator = seed_everything(s.run.seed)
