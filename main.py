@@ -228,13 +228,14 @@ def sweep(data_root, mongo_url):
     points already COMPLETED in the database; stop it any time and start it again. sweep.workers
     points at once; sweeps on other machines recording into the same database share the grid."""
     from experiments.suite.grid import grid as sweep_grid
-    from experiments.suite.grid import summarize_points
+    from experiments.suite.grid import summarize_points, with_run_defaults
     from experiments.suite.sweep import run_sweep
     from experiments.tracking.database import connect, resolve_target
 
     s = sweep_settings()
     base = {"data_root": data_root, **s["base"]}  # the runs read the sweep's data
-    points = sweep_grid(s["datasets"], s["splits"], s["seeds"], s["variants"], base, data_root)
+    points = with_run_defaults(sweep_grid(s["datasets"], s["splits"], s["seeds"], s["variants"], base, data_root),
+                               ex.resolved_config)
     print(f"sweep: {summarize_points(points)}")
     db = connect(resolve_target(mongo_url))
     return run_sweep(points, db, mongo_url=mongo_url, **sweep_options(s))
@@ -253,7 +254,7 @@ def ablation(data_root, mongo_url):
 
     s, opts = sweep_settings(), ablation_settings()
     rows = run_ablation(connect(resolve_target(mongo_url)), s, opts, data_root, sweep_options(s),
-                        mongo_url=mongo_url)
+                        mongo_url=mongo_url, resolve=ex.resolved_config)
     if not rows:
         print("no COMPLETED runs of these variants yet")
         return {}

@@ -84,6 +84,10 @@ class Experiment(sacred.Experiment):
             preflight(cfg)
         return super().run(command_name, updates, named_configs, info, meta_info, options)
 
+    def resolved_config(self, updates: dict) -> dict:
+        """The configuration a training run with ``updates`` would get (no run is created or recorded)."""
+        return self._resolve(self.default_command, dict(updates), ())
+
     def _resolve(self, command: str, updates: dict, named_configs) -> dict:
         """The configuration a run of ``command`` would get (no run is created or recorded)."""
         try:

@@ -81,18 +81,17 @@ def ablation_variants(components: list[str], combos: list[list[str]] = (), extra
     return variants
 
 
-def runs_query(datasets: list[str], variants: dict[str, dict], base: dict) -> dict:
-    """COMPLETED zero-shot runs of these variants, each recorded with exactly its settings: the
-    study's base overrides with the variant's own on top (``data_root`` aside: it says where a
-    machine keeps its data, not what ran)."""
-    per_variant = []
-    for name, over in variants.items():
-        settings = {k: v for k, v in {**base, **over}.items() if k != "data_root"}
-        per_variant.append({"config.tag": name, **{f"config.{k}": v for k, v in settings.items()}})
-    query = {"status": "COMPLETED", "result.unseen_top1": {"$exists": True}, "$or": per_variant}
-    if datasets:
-        query["config.dataset"] = {"$in": list(datasets)}
-    return query
+def runs_query(points: list) -> dict:
+    """COMPLETED zero-shot runs of these grid points' settings (``Point.settings``: the study's base,
+    the variant's own overrides on top, and the defaults the point's dataset resolved to), any split
+    and seed (a row pools them); ``data_root`` aside: it says where a machine keeps its data, not what ran."""
+    from experiments.suite.claims import point_identity
+
+    per_variant = {}
+    for p in points:
+        settings = {k: v for k, v in point_identity(p.settings()).items() if k not in ("split", "seed")}
+        per_variant.setdefault(repr(sorted(settings.items())), {f"config.{k}": v for k, v in settings.items()})
+    return {"status": "COMPLETED", "result.unseen_top1": {"$exists": True}, "$or": list(per_variant.values())}
 
 
 @dataclass
@@ -194,7 +193,7 @@ def to_markdown(rows: list[AblationRow]) -> str:
 
 
 def run_ablation(db, sweep: dict, opts: dict, data_root: str, run_options: dict, mongo_url: str = "",
-                 log=print) -> list[AblationRow]:
+                 log=print, resolve=None) -> list[AblationRow]:
     """The ``ablation`` command: the variants of ``opts`` (components, combos, extra) over the sweep's
     datasets × splits × seeds, run as one sweep when ``opts["run"]`` (COMPLETED points skipped), then
     the rows of every COMPLETED run of them in ``db``.
@@ -203,15 +202,19 @@ def run_ablation(db, sweep: dict, opts: dict, data_root: str, run_options: dict,
         sweep: the sweep settings (``config.sweep_settings()``); its ``base`` applies to every variant.
         opts: the ``ablation`` config entry.
         run_options: ``run_sweep``'s options (``config.sweep_options``).
+        resolve: a point's updates → the run's config (``Experiment.resolved_config``): a run counts
+            only if it had the dataset defaults the point resolves to now (``grid.with_run_defaults``).
     """
-    from experiments.suite.grid import grid, summarize_points
+    from experiments.suite.grid import grid, summarize_points, with_run_defaults
     from experiments.suite.sweep import run_sweep
 
     variants = ablation_variants(list(opts["components"]), [list(c) for c in opts["combos"]], dict(opts["extra"]))
+    points = grid(sweep["datasets"], sweep["splits"], sweep["seeds"], variants,
+                  {"data_root": data_root, **sweep["base"]}, data_root)  # the runs read the sweep's data
+    if resolve is not None:
+        points = with_run_defaults(points, resolve)
     if opts["run"]:
-        points = grid(sweep["datasets"], sweep["splits"], sweep["seeds"], variants,
-                      {"data_root": data_root, **sweep["base"]}, data_root)  # the runs read the sweep's data
         log(f"ablation: {len(variants)} variants, {summarize_points(points)}")
         run_sweep(points, db, mongo_url=mongo_url, **run_options)
-    runs = db.runs.find(runs_query(sweep["datasets"], variants, sweep["base"]), {"config": 1, "result": 1})
+    runs = db.runs.find(runs_query(points), {"config": 1, "result": 1})
     return summarize(list(runs), list(variants))

@@ -11,16 +11,25 @@ from data.catalog import dataset_splits, get_dataset
 
 @dataclass
 class Point:
-    """One grid point: the config updates of one run."""
+    """One grid point: the config updates of one run, and (``with_run_defaults``) what its dataset's
+    and track's defaults resolve to."""
     dataset: str
     split: int | str
     seed: int
     variant: str
     overrides: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)  # the keys the point leaves to its dataset and track
 
     def updates(self) -> dict:
+        """The command line's settings."""
         return {**self.overrides, "dataset": self.dataset, "split": self.split, "seed": self.seed,
                 "tag": self.variant}
+
+    def settings(self) -> dict:
+        """The settings that identify the point's run in the database: its updates and the values its
+        dataset's and track's defaults had when the grid was built (a run recorded before a default
+        changed is not this point's)."""
+        return {**self.defaults, **self.updates()}
 
     def label(self) -> str:
         return f"{self.dataset} split {self.split} seed {self.seed} [{self.variant}]"
@@ -56,6 +65,21 @@ def grid(datasets: list[str], splits: list, seeds: list[int], variants: dict[str
             raise ValueError(f"dataset {ds!r}: splits {missing or ids} not defined; it has {list(available)}")
         for split, (name, over), seed in itertools.product(ids, variants.items(), seeds):
             points.append(Point(ds, _split_id(split), int(seed), name, {**base, **over}))
+    return points
+
+
+def with_run_defaults(points: list[Point], resolve) -> list[Point]:
+    """Fill each point's ``defaults``: the values of its dataset's and its track's default keys
+    (``data/catalog.py``, ``config.TRACK_DEFAULTS``) that the point does not set, as ``resolve`` (a
+    point's updates → the run's whole config) gives them: a default another setting turns off (NW-UCLA's
+    ``trainval`` under ``selection="val"``) is recorded as resolved."""
+    from config import TRACK_DEFAULTS  # the Sacred config module: only where a grid is run or queried
+    from experiments.tracking.output import plain
+
+    for p in points:
+        cfg = resolve(p.updates())
+        keys = {*TRACK_DEFAULTS[cfg["train_mode"]], *get_dataset(cfg["dataset"], cfg["data_root"]).defaults}
+        p.defaults = {k: plain(cfg[k]) for k in sorted(keys) if k in cfg and k not in p.overrides}
     return points
 
 

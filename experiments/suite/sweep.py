@@ -40,9 +40,10 @@ LOG_DIR = WORK_ROOT / "logs" / "sweep"  # the output of each point's run when se
 
 
 def completed_query(point: Point) -> dict:
-    """The MongoDB filter matching a COMPLETED run recorded with exactly this point's settings (as
-    stored: credentials in URLs redacted; ``data_root``, which differs between machines, left out)."""
-    return {"status": "COMPLETED", **{f"config.{k}": v for k, v in point_identity(point.updates()).items()}}
+    """The MongoDB filter matching a COMPLETED run recorded with exactly this point's settings, its
+    dataset's defaults included (as stored: credentials in URLs redacted; ``data_root``, which differs
+    between machines, left out)."""
+    return {"status": "COMPLETED", **{f"config.{k}": v for k, v in point_identity(point.settings()).items()}}
 
 
 def is_completed(db, point: Point) -> bool:
@@ -147,8 +148,8 @@ class _Sweep:
                     if self.note(i, "skipped"):
                         self.log(f"{head}: already COMPLETED, skipped")
                     continue
-                key = point_key(point.updates())
-                if not claims.claim(key, label=redact_text(point.label()), point=point_identity(point.updates())):
+                key = point_key(point.settings())
+                if not claims.claim(key, label=redact_text(point.label()), point=point_identity(point.settings())):
                     doc = claims.holder(key) or {}
                     if doc.get("state") == FAILED:  # failed after this worker started: left to a later sweep
                         if self.note(i, "failed_elsewhere"):

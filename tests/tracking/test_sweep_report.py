@@ -35,6 +35,22 @@ def test_point_query_and_command_line():
     assert args[2] == "with" and "text_kind='labels'" in args and "DA=False" in args and "split=2" in args
 
 
+def test_points_carry_the_defaults_their_dataset_resolves_to():
+    from experiments.suite.grid import with_run_defaults
+    from main import ex
+
+    points = with_run_defaults(grid(["nw_ucla", "demo"], [1], [0], {"b": {}, "v": {"selection": "val"}},
+                                    {"epoch_num": 25}, data_root="data"), ex.resolved_config)
+    nw, nw_val, demo, _ = points
+    assert nw.defaults == {"batch_size": 32, "selection": "snapshot", "text_kind": "labels+des+parts",
+                           "trainval": True}
+    assert nw_val.defaults["trainval"] is False and "selection" not in nw_val.defaults  # the override wins
+    assert demo.defaults == {"batch_size": 32, "lr_steps": [5], "max_frame": 32, "warmup_epochs": 1}
+    assert "trainval" not in nw.updates()  # the command line is unchanged
+    q = completed_query(nw)  # a run recorded before NW-UCLA's defaults changed is not this point's
+    assert q["config.trainval"] is True and q["config.selection"] == "snapshot" and q["config.epoch_num"] == 25
+
+
 def doc(_id, seed, top1, aligned=None, tag="", split=1, **cfg):
     res = {"unseen_top1": top1, "unseen_per_class_mean": top1, "selection": "val"}
     if aligned is not None:
@@ -143,10 +159,14 @@ def test_ablation_variants_and_table():
         ablation_variants(["nope"])
     with pytest.raises(ValueError, match=r"set \['weight_average'\] differently"):
         ablation_variants([], [["ema", "swa"]])
-    q = runs_query(["demo"], {"baseline": {}, "+ema": {"weight_average": "ema"}},
-                   {"epoch_num": 3, "weight_average": "none", "data_root": "/x"})
-    assert q["$or"] == [{"config.tag": "baseline", "config.epoch_num": 3, "config.weight_average": "none"},
-                        {"config.tag": "+ema", "config.epoch_num": 3, "config.weight_average": "ema"}]
+    points = grid(["demo"], [1, 2], [0, 1], {"baseline": {}, "+ema": {"weight_average": "ema"}},
+                  {"epoch_num": 3, "weight_average": "none", "data_root": "/x"}, data_root="data")
+    for p in points:
+        p.defaults = {"batch_size": 32}
+    q = runs_query(points)  # one entry per variant: splits and seeds pooled, data_root left out
+    same = {"config.dataset": "demo", "config.epoch_num": 3, "config.batch_size": 32}
+    assert q["$or"] == [{**same, "config.tag": "baseline", "config.weight_average": "none"},
+                        {**same, "config.tag": "+ema", "config.weight_average": "ema"}]
 
     def run(_id, tag, split, seed, top1, val):
         d = doc(_id, seed, top1, top1 + 5, tag=tag, split=split)
