@@ -51,7 +51,7 @@ DATASETS: dict[str, DatasetSpec] = {
     # Kinect v1, one person. Small datasets: smaller batches so an epoch has several steps.
     "utd_mhad": DatasetSpec("utd_mhad", 27, "kinect20", 1, 50,
                             prepare="python main.py prepare with dataset=utd_mhad raw.path=<folder of *_skeleton.mat>",
-                            defaults={"batch_size": 32, "selection": "snapshot"}),
+                            defaults={"batch_size": 32, "selection": "snapshot", "text_model": "minilm"}),
     # The small datasets' defaults are the components whose validation gain over the paper's settings
     # was clear (docs/zeroshot_small.md#measured): never chosen on unseen classes. A dataset's
     # selection applies to the zero-shot tracks only (config.py), trainval only with the snapshot ensemble.

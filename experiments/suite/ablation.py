@@ -151,11 +151,15 @@ def clear_gain(row: AblationRow, baseline: AblationRow, key: str = "best_val_top
     """Whether ``row``'s mean of ``key`` (by default the validation top-1, never an unseen number)
     exceeds the baseline's by more than the standard error of the difference of the two means:
     the rule by which a component may become a dataset's default."""
-    a, b = row.values.get(key) or [], baseline.values.get(key) or []
+    diff, se = difference(row.values.get(key) or [], baseline.values.get(key) or [])
+    return bool(diff > se)  # NaN (fewer than 2 runs a side): False
+
+
+def difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """``mean(a) - mean(b)`` and the standard error of that difference (unpaired); NaN below 2 runs a side."""
     if len(a) < 2 or len(b) < 2:
-        return False
-    se = float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
-    return float(np.mean(a) - np.mean(b)) > se
+        return float("nan"), float("nan")
+    return float(np.mean(a) - np.mean(b)), float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
 
 
 def _fmt(stat: tuple[float, float] | None) -> str:

@@ -26,6 +26,7 @@ from experiments.train.epoch_eval import EMBEDDINGS_FILE, add_unit, holdout_top1
 from experiments.train.evaluate import zero_shot_eval
 from experiments.train.settings import AlignSettings, ConseSettings
 
+HELD_OUT = "val_holdout_top1"  # the number a variant is compared by (docs/zeroshot_small.md: the held-out pick)
 COLUMNS = ("unseen_top1", "unseen_top1_aligned", "unseen_top1_centred", "val_top1", "val_holdout_top1")
 
 
@@ -112,19 +113,45 @@ def variants(starts: list[float], temperatures: list[float], top_k: int = 0) -> 
     return out
 
 
+def as_run(emb: dict) -> dict:
+    """A run's embeddings scored with its own recorded settings (selection, snapshot start, ConSE, alignment)."""
+    c = emb["config"]
+    conse = ConseSettings(float(c["conse_temperature"]), int(c["conse_top_k"])) if c.get("conse") else None
+    return rescore(emb, c["selection"], float(c.get("snapshot_start", 0.25)), conse, run_align(c))
+
+
+def _cell(vals: list[float]) -> str:
+    return f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.2f}" if vals else "–"
+
+
 def table(folders: list[str], starts: list[float], temperatures: list[float], val_classes: list[int] = (),
-          top_k: int = 0) -> str:
-    """A markdown table: per variant, mean ± sample std over the runs of each column."""
+          top_k: int = 0, against: list[str] = ()) -> str:
+    """A markdown table: per variant, mean ± sample std over the runs of each column and the unseen top-1
+    per split; with ``against`` (runs scored with their own settings), each variant's held-out pick minus
+    theirs and whether it is a clear gain (``experiments/suite/ablation.py: clear_gain``, the rule a
+    default changes by; validation only)."""
+    from experiments.suite.ablation import AblationRow, clear_gain, difference
+
     embs = [load_embeddings(f) for f in folders]
-    lines = ["| variant | runs | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    base = AblationRow("", "against")
+    base.values[HELD_OUT] = [r[HELD_OUT] for r in map(as_run, map(load_embeddings, against))
+                             if r.get(HELD_OUT) is not None]
+    extra = ["per split (unseen_top1)"] + (["Δ held-out (SE)", "clear gain"] if against else [])
+    lines = ["| variant | runs | " + " | ".join([*COLUMNS, *extra]) + " |", "|---|---|" + "---|" * (len(COLUMNS) + len(extra))]
     for name, (selection, start, conse) in variants(starts, temperatures, top_k).items():
-        rows = [rescore(e, selection, start, conse, run_align(e["config"]), list(val_classes)) for e in embs
-                if selection == "snapshot" or "val" in e]
-        cells = []
-        for col in COLUMNS:
-            vals = [r[col] for r in rows if r.get(col) is not None]
-            cells.append(f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.2f}"
-                         if vals else "–")
+        scored = [(e["config"].get("split"), rescore(e, selection, start, conse, run_align(e["config"]), list(val_classes)))
+                  for e in embs if selection == "snapshot" or "val" in e]
+        rows = [r for _, r in scored]
+        cells = [_cell([r[col] for r in rows if r.get(col) is not None]) for col in COLUMNS]
+        splits = {}
+        for split, r in scored:
+            splits.setdefault(str(split), []).append(r["unseen_top1"])
+        cells.append(" / ".join(f"{np.mean(v):.1f}" for _, v in sorted(splits.items())))
+        if against:
+            row = AblationRow("", name)
+            row.values[HELD_OUT] = [r[HELD_OUT] for r in rows if r.get(HELD_OUT) is not None]
+            diff, se = difference(row.values[HELD_OUT], base.values[HELD_OUT])
+            cells += [f"{diff:+.2f} ({se:.2f})", "yes" if clear_gain(row, base, HELD_OUT) else "no"]
         lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -137,8 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-classes", type=int, nargs="*", default=[],
                    help="validate on these of the saved validation classes only (default: all)")
     p.add_argument("--conse-top-k", type=int, default=0, help="ConSE: mix only the k nearest seen classes (0: all)")
+    p.add_argument("--against", nargs="*", default=[],
+                   help="runs (scored with their own settings) to compare each variant's held-out pick with")
     a = p.parse_args(argv)
-    print(table(a.folders, a.snapshot_start, a.conse, a.val_classes, a.conse_top_k))
+    print(table(a.folders, a.snapshot_start, a.conse, a.val_classes, a.conse_top_k, a.against))
 
 
 if __name__ == "__main__":

@@ -63,10 +63,13 @@ def test_tiny_zero_shot_run_on_prepared_utd_mhad(tmp_path):
 
 
 def test_small_dataset_defaults_and_paper_defaults_elsewhere():
-    """NW-UCLA's default text is the ensemble, both small datasets' selection the snapshot ensemble, NW-UCLA's
-    with trainval (chosen on validation classes: docs/zeroshot_small.md); an override still wins; a dataset's
-    selection is a zero-shot default only; the NTU/demo configs keep the paper's settings."""
+    """NW-UCLA's default text is the ensemble, UTD-MHAD's text model MiniLM, both small datasets' selection the
+    snapshot ensemble, NW-UCLA's with trainval (chosen on validation classes: docs/zeroshot_small.md); an
+    override still wins; a dataset's selection is a zero-shot default only; the NTU/demo configs keep the
+    paper's settings."""
     assert config_of(dataset="nw_ucla")["text_kind"] == "labels+des+parts"
+    assert config_of(dataset="utd_mhad")["text_model"] == "minilm" and config_of(dataset="nw_ucla")["text_model"] == "mpnet"
+    assert config_of(dataset="utd_mhad", text_model="mpnet")["text_model"] == "mpnet"
     assert config_of(dataset="nw_ucla", text_kind="des")["text_kind"] == "des"
     assert config_of(dataset="utd_mhad")["selection"] == config_of(dataset="nw_ucla")["selection"] == "snapshot"
     assert config_of(dataset="utd_mhad", selection="val")["selection"] == "val"
@@ -79,4 +82,5 @@ def test_small_dataset_defaults_and_paper_defaults_elsewhere():
     for ds in ("utd_mhad", "ntu60", "demo"):
         cfg = config_of(dataset=ds)
         assert cfg["part_align"] is False and cfg["text_kind"] == "des" and cfg["weight_average"] == "none"
+        assert (cfg["text_model"] == "mpnet") == (ds != "utd_mhad")
         assert cfg["conse"] is False and (cfg["selection"] == "val") == (ds != "utd_mhad")

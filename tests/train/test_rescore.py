@@ -85,6 +85,14 @@ def test_rescore_command_prints_a_row_per_variant(text_root, tmp_path, capsys):
                                                      "val pick+conse(τ 0.2)", "snapshot from 0.25+conse(τ 0.2)",
                                                      "snapshot from 0.5+conse(τ 0.2)"]
     assert all(r.split(" | ")[1] == "2" for r in rows)
+    assert all(len(r.split(" | ")[-1].split(" / ")) == 1 for r in rows)  # one split: one per-split mean
+
+    # against runs scored as they ran: the held-out pick's difference, its SE, and the default-changing rule
+    main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--against", str(tmp_path / "s0"), str(tmp_path / "s1")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("| per split (unseen_top1) | Δ held-out (SE) | clear gain |")
+    own = [line.split(" | ") for line in out if line.startswith("| val pick |")][0]  # the runs' own selection
+    assert own[-2].startswith("+0.00 (") and own[-1] == "no |"  # no gain over themselves
 
 
 def test_refusals(text_root, tmp_path):
