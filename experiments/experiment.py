@@ -74,19 +74,27 @@ class Experiment(sacred.Experiment):
                 owner = COMMAND_INGREDIENTS[stray[0].split(".")[0]]
                 raise ValueError(f"{', '.join(stray)}: entries of the `{owner}` command, not of a training run; "
                                  f"run it as: python main.py {owner.split(' / ')[0]} with {stray[0]}=...")
-            if cfg["train_mode"] == "test":
-                from experiments.train.checkpoints import checkpoint_updates  # torch: only for this track
-
-                updates.update(checkpoint_updates(cfg["checkpoint"], cfg["mongo_url"], updates, cfg["dataset"]))
-                cfg = self._resolve(command, updates, named_configs)
+            cfg = self._with_checkpoint(cfg, command, updates, named_configs)
             from experiments.train.preflight import preflight
 
             preflight(cfg)
         return super().run(command_name, updates, named_configs, info, meta_info, options)
 
     def resolved_config(self, updates: dict) -> dict:
-        """The configuration a training run with ``updates`` would get (no run is created or recorded)."""
-        return self._resolve(self.default_command, dict(updates), ())
+        """The configuration a training run with ``updates`` would get, a test run's model settings taken
+        from its checkpoint as ``run`` does (no run is created or recorded)."""
+        updates = dict(updates)
+        return self._with_checkpoint(self._resolve(self.default_command, updates, ()), self.default_command,
+                                     updates, ())
+
+    def _with_checkpoint(self, cfg: dict, command: str, updates: dict, named_configs) -> dict:
+        """``cfg`` of a test run re-resolved with its checkpoint's training settings added to ``updates``."""
+        if cfg["train_mode"] != "test":
+            return cfg
+        from experiments.train.checkpoints import checkpoint_updates  # torch: only for this track
+
+        updates.update(checkpoint_updates(cfg["checkpoint"], cfg["mongo_url"], updates, cfg["dataset"]))
+        return self._resolve(command, updates, named_configs)
 
     def _resolve(self, command: str, updates: dict, named_configs) -> dict:
         """The configuration a run of ``command`` would get (no run is created or recorded)."""

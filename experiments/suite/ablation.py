@@ -215,6 +215,8 @@ def run_ablation(db, sweep: dict, opts: dict, data_root: str, run_options: dict,
     variants = ablation_variants(list(opts["components"]), [list(c) for c in opts["combos"]], dict(opts["extra"]))
     points = grid(sweep["datasets"], sweep["splits"], sweep["seeds"], variants,
                   {"data_root": data_root, **sweep["base"]}, data_root)  # the runs read the sweep's data
+    if not points:
+        raise ValueError("ablation: sweep.datasets names no dataset, e.g. \"sweep.datasets=['utd_mhad']\"")
     if resolve is not None:
         points = with_run_defaults(points, resolve)
     if opts["run"]:

@@ -8,8 +8,10 @@ which epochs could be picked and the run's config. This module scores them as a 
 
     python -m experiments.train.rescore RUN_FOLDER [RUN_FOLDER ...] --snapshot-start 0.25 0.5 --conse 0.1
 
-prints one row per variant, pooled over the folders (mean ± sample std); ``--val-classes`` validates on
-some of the saved validation classes only. Rescoring a run with its own settings gives its recorded
+prints one row per variant, pooled over the folders (mean ± sample std) and the unseen top-1 per split;
+``--val-classes`` validates on some of the saved validation classes only; ``--against OTHER ...`` adds
+each variant's held-out pick minus theirs (scored with their own settings), its standard error and
+whether it is a clear gain (``experiments/suite/ablation.py: clear_gain``, the rule defaults change by). Rescoring a run with its own settings gives its recorded
 numbers (tests/train/test_rescore.py). It reads the unseen classes like any run's final score does;
 choose variants by the validation columns only.
 """
@@ -113,11 +115,17 @@ def variants(starts: list[float], temperatures: list[float], top_k: int = 0) -> 
     return out
 
 
-def as_run(emb: dict) -> dict:
-    """A run's embeddings scored with its own recorded settings (selection, snapshot start, ConSE, alignment)."""
+def as_run(emb: dict, val_classes: list[int] = ()) -> dict:
+    """A run's embeddings scored with its own recorded settings (selection, snapshot start, ConSE, alignment),
+    validated on ``val_classes`` only when given and the run has validation embeddings."""
     c = emb["config"]
-    conse = ConseSettings(float(c["conse_temperature"]), int(c["conse_top_k"])) if c.get("conse") else None
-    return rescore(emb, c["selection"], float(c.get("snapshot_start", 0.25)), conse, run_align(c))
+    conse = ConseSettings(float(c["conse_temperature"]), int(c["conse_top_k"])) if c["conse"] else None
+    return rescore(emb, c["selection"], float(c["snapshot_start"]), conse, run_align(c),
+                   list(val_classes) if "val" in emb else None)
+
+
+def _split_order(item: tuple[str, list]) -> tuple:
+    return (0, int(item[0]), "") if item[0].isdigit() else (1, 0, item[0])  # 1, 2, 10, then named splits
 
 
 def _cell(vals: list[float]) -> str:
@@ -134,7 +142,7 @@ def table(folders: list[str], starts: list[float], temperatures: list[float], va
 
     embs = [load_embeddings(f) for f in folders]
     base = AblationRow("", "against")
-    base.values[HELD_OUT] = [r[HELD_OUT] for r in map(as_run, map(load_embeddings, against))
+    base.values[HELD_OUT] = [r[HELD_OUT] for r in (as_run(load_embeddings(f), val_classes) for f in against)
                              if r.get(HELD_OUT) is not None]
     extra = ["per split (unseen_top1)"] + (["Δ held-out (SE)", "clear gain"] if against else [])
     lines = ["| variant | runs | " + " | ".join([*COLUMNS, *extra]) + " |", "|---|---|" + "---|" * (len(COLUMNS) + len(extra))]
@@ -146,12 +154,13 @@ def table(folders: list[str], starts: list[float], temperatures: list[float], va
         splits = {}
         for split, r in scored:
             splits.setdefault(str(split), []).append(r["unseen_top1"])
-        cells.append(" / ".join(f"{np.mean(v):.1f}" for _, v in sorted(splits.items())))
+        cells.append(" / ".join(f"{np.mean(v):.1f}" for _, v in sorted(splits.items(), key=_split_order)))
         if against:
             row = AblationRow("", name)
             row.values[HELD_OUT] = [r[HELD_OUT] for r in rows if r.get(HELD_OUT) is not None]
             diff, se = difference(row.values[HELD_OUT], base.values[HELD_OUT])
-            cells += [f"{diff:+.2f} ({se:.2f})", "yes" if clear_gain(row, base, HELD_OUT) else "no"]
+            cells += [f"{diff:+.2f} ({se:.2f})" if np.isfinite(diff) else "– (fewer than 2 runs a side)",
+                      "yes" if clear_gain(row, base, HELD_OUT) else "no"]
         lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,5 +1,6 @@
 """Sweeps (grid, skip what is COMPLETED) and the results table."""
 import csv
+import math
 import datetime
 import subprocess
 import sys
@@ -149,7 +150,8 @@ def test_sweep_points_with_a_url_are_recorded_where_the_sweep_looks(monkeypatch)
 
 
 def test_ablation_variants_and_table():
-    from experiments.suite.ablation import ablation_variants, best_by_validation, clear_gain, runs_query, summarize
+    from experiments.suite.ablation import (AblationRow, ablation_variants, best_by_validation, clear_gain, difference,
+                                            runs_query, summarize)
     from experiments.suite.ablation import to_markdown as ablation_markdown
 
     v = ablation_variants(["ema", "texts"], [["ema", "texts"]], extra={"mine": {"lr": 0.01}})
@@ -197,6 +199,10 @@ def test_ablation_variants_and_table():
     rows[0].values.pop("val_holdout_top1")
     assert best_by_validation(rows, "demo") == "baseline"  # not every row has it: the selection's top-1
     # a trainval row has no validation number (NaN is not pooled): it is shown, never ranked
+    one = AblationRow("demo", "+one")
+    one.values["best_val_top1"] = [99.0]  # one run a side: no standard error, never a clear gain
+    assert not clear_gain(one, rows[0]) and all(math.isnan(v) for v in difference([99.0], [1.0, 2.0]))
+    assert difference([3.0, 5.0], [1.0, 1.0]) == (3.0, 1.0)
     tv = summarize(runs + [run(6, "+trainval", 1, 0, 90.0, float("nan"))], ["baseline", "+ema", "+trainval"])
     assert tv[2].stat("best_val_top1") is None and tv[2].stat("unseen_top1") == (90.0, 0.0)
     assert best_by_validation(tv, "demo") == "baseline"
@@ -219,6 +225,13 @@ def test_ablation_command_runs_rows_and_prints_the_table(demo_root, tmp_path):
         assert "| demo | baseline | 1 |" in table and "| demo | +parts_on | 1 |" in table
         db = database(dbserver.read_server_state(tmp_path / "tracking").url)
         assert db.runs.find_one({"config.tag": "+parts_on"})["config"]["part_align"] is True
+        # a run recorded under another value of a dataset default (demo's max_frame, which the base leaves
+        # to the dataset) is not the point's: it leaves the table, and a sweep would run the point again
+        db.runs.update_one({"config.tag": "baseline"}, {"$set": {"config.max_frame": 16}})
+        again = subprocess.run(args[:-1] + ["ablation.run=False"], env=env, cwd=PROJECT_ROOT, capture_output=True,
+                               text=True, timeout=600)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "| demo | +parts_on | 1 |" in again.stdout and "| demo | baseline |" not in again.stdout
     finally:
         subprocess.run([sys.executable, "main.py", "server_stop"], env=env, cwd=PROJECT_ROOT, capture_output=True,
                        timeout=60)

@@ -93,6 +93,16 @@ def test_rescore_command_prints_a_row_per_variant(text_root, tmp_path, capsys):
     assert out[0].endswith("| per split (unseen_top1) | Δ held-out (SE) | clear gain |")
     own = [line.split(" | ") for line in out if line.startswith("| val pick |")][0]  # the runs' own selection
     assert own[-2].startswith("+0.00 (") and own[-1] == "no |"  # no gain over themselves
+    # --val-classes validates both sides on the same classes: still no difference
+    saved = [str(int(c)) for c in load_embeddings(tmp_path / "s0")["val_classes"]]
+    assert len(saved) > 3
+    main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--val-classes", *saved[:3], "--against", str(tmp_path / "s0"),
+          str(tmp_path / "s1")])
+    own = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| val pick |")][0]
+    assert own[-2].startswith("+0.00 (")
+    main([str(tmp_path / "s0"), "--against", str(tmp_path / "s1")])  # one run a side: no standard error
+    own = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| val pick |")][0]
+    assert own[-2] == "– (fewer than 2 runs a side)" and own[-1] == "no |"
 
 
 def test_refusals(text_root, tmp_path):
