@@ -11,9 +11,9 @@ which epochs could be picked and the run's config. This module scores them as a 
 prints one row per variant, pooled over the folders (mean ± sample std) and the unseen top-1 per split;
 ``--val-classes`` validates on some of the saved validation classes only; ``--against OTHER ...`` adds
 each variant's held-out pick minus theirs (scored with their own settings), its standard error and
-whether it is a clear gain (``experiments/suite/ablation.py: clear_gain``, the rule defaults change by). Rescoring a run with its own settings gives its recorded
-numbers (tests/train/test_rescore.py). It reads the unseen classes like any run's final score does;
-choose variants by the validation columns only.
+whether it is a clear gain (``experiments/suite/ablation.py: clear_gain``, the rule defaults change by).
+Rescoring a run with its own settings gives its recorded numbers (tests/train/test_rescore.py). It
+reads the unseen classes like any run's final score does; choose variants by the validation columns only.
 """
 from __future__ import annotations
 
@@ -145,9 +145,11 @@ def table(folders: list[str], starts: list[float], temperatures: list[float], va
     base.values[HELD_OUT] = [r[HELD_OUT] for r in (as_run(load_embeddings(f), val_classes) for f in against)
                              if r.get(HELD_OUT) is not None]
     extra = ["per split (unseen_top1)"] + (["Δ held-out (SE)", "clear gain"] if against else [])
-    lines = ["| variant | runs | " + " | ".join([*COLUMNS, *extra]) + " |", "|---|---|" + "---|" * (len(COLUMNS) + len(extra))]
+    lines = ["| variant | runs | " + " | ".join([*COLUMNS, *extra]) + " |",
+             "|---|---|" + "---|" * (len(COLUMNS) + len(extra))]
     for name, (selection, start, conse) in variants(starts, temperatures, top_k).items():
-        scored = [(e["config"].get("split"), rescore(e, selection, start, conse, run_align(e["config"]), list(val_classes)))
+        scored = [(e["config"].get("split"),
+                   rescore(e, selection, start, conse, run_align(e["config"]), list(val_classes)))
                   for e in embs if selection == "snapshot" or "val" in e]
         rows = [r for _, r in scored]
         cells = [_cell([r[col] for r in rows if r.get(col) is not None]) for col in COLUMNS]
