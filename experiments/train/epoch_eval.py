@@ -188,5 +188,6 @@ class ZeroShotEpochEval:
             sub = data.val if part == "val" else data.unseen
             arrays.update({f"{part}_y": sub.y.cpu().numpy(), f"{part}_classes": np.array(sub.classes)})
         np.savez(path, **arrays, text=self.text.cpu().float().numpy(), train_classes=np.array(data.train.classes),
-                 selectable=np.array(pickable(history, self.epoch)), config=np.array(json.dumps(self.s.config, default=str)))
+                 selectable=np.array(pickable(history, self.epoch)),
+                 config=np.array(json.dumps(self.s.config, default=str)))
         return path

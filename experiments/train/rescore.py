@@ -29,7 +29,7 @@ from experiments.train.evaluate import zero_shot_eval
 from experiments.train.settings import AlignSettings, ConseSettings
 
 HELD_OUT = "val_holdout_top1"  # the number a variant is compared by (docs/zeroshot_small.md: the held-out pick)
-COLUMNS = ("unseen_top1", "unseen_top1_aligned", "unseen_top1_centred", "val_top1", "val_holdout_top1")
+COLUMNS = ("unseen_top1", "unseen_top1_aligned", "unseen_top1_centred", "val_top1", HELD_OUT)
 
 
 def load_embeddings(folder: str | Path) -> dict:
@@ -42,12 +42,6 @@ def load_embeddings(folder: str | Path) -> dict:
         out = {k: torch.from_numpy(z[k]) for k in z.files if k != "config"}
         out["config"] = json.loads(str(z["config"]))
     return out
-
-
-def run_align(config: dict) -> AlignSettings | None:
-    """PGFA's alignment as the run's config set it (None with ``DA=False``)."""
-    return AlignSettings(float(config["support_factor"]), int(config["min_support"]),
-                         float(config["entropy_scale"])) if config["DA"] else None
 
 
 def only_classes(emb: dict, classes: list[int]) -> dict:
@@ -119,9 +113,8 @@ def as_run(emb: dict, val_classes: list[int] = ()) -> dict:
     """A run's embeddings scored with its own recorded settings (selection, snapshot start, ConSE, alignment),
     validated on ``val_classes`` only when given and the run has validation embeddings."""
     c = emb["config"]
-    conse = ConseSettings(float(c["conse_temperature"]), int(c["conse_top_k"])) if c["conse"] else None
-    return rescore(emb, c["selection"], float(c["snapshot_start"]), conse, run_align(c),
-                   list(val_classes) if "val" in emb else None)
+    return rescore(emb, c["selection"], float(c["snapshot_start"]), ConseSettings.from_config(c),
+                   AlignSettings.from_config(c), list(val_classes) if "val" in emb else None)
 
 
 def _split_order(item: tuple[str, list]) -> tuple:
@@ -149,7 +142,7 @@ def table(folders: list[str], starts: list[float], temperatures: list[float], va
              "|---|---|" + "---|" * (len(COLUMNS) + len(extra))]
     for name, (selection, start, conse) in variants(starts, temperatures, top_k).items():
         scored = [(e["config"].get("split"),
-                   rescore(e, selection, start, conse, run_align(e["config"]), list(val_classes)))
+                   rescore(e, selection, start, conse, AlignSettings.from_config(e["config"]), list(val_classes)))
                   for e in embs if selection == "snapshot" or "val" in e]
         rows = [r for _, r in scored]
         cells = [_cell([r[col] for r in rows if r.get(col) is not None]) for col in COLUMNS]

@@ -128,6 +128,11 @@ class ConseSettings:
     temperature: float = 0.1
     top_k: int = 0  # 0: every seen class
 
+    @classmethod
+    def from_config(cls, c: dict) -> "ConseSettings | None":
+        """The run's ConSE (``conse``, ``conse_temperature``, ``conse_top_k``), or None when off."""
+        return cls(float(c["conse_temperature"]), int(c["conse_top_k"])) if c["conse"] else None
+
 
 @dataclass(frozen=True)
 class AlignSettings:
@@ -135,6 +140,11 @@ class AlignSettings:
     support_factor: float
     min_support: int
     entropy_scale: float
+
+    @classmethod
+    def from_config(cls, c: dict) -> "AlignSettings | None":
+        """The run's alignment (``support_factor``, ``min_support``, ``entropy_scale``), or None with ``DA=False``."""
+        return cls(float(c["support_factor"]), int(c["min_support"]), float(c["entropy_scale"])) if c["DA"] else None
 
 
 @dataclass(frozen=True)
@@ -241,9 +251,7 @@ class Settings:
     def from_config(cls, cfg: dict) -> "Settings":
         """Unpack a run config (``config.py``'s keys); a missing entry is a ``KeyError`` naming it."""
         c = cfg
-        align = AlignSettings(float(c["support_factor"]), int(c["min_support"]), float(c["entropy_scale"])) \
-            if c["DA"] else None
-        conse = ConseSettings(float(c["conse_temperature"]), int(c["conse_top_k"])) if c["conse"] else None
+        align, conse = AlignSettings.from_config(c), ConseSettings.from_config(c)
         s = cls(
             data=DataSettings(c["dataset"], str(c["data_root"]), c["split"], tuple(c["unseen_classes"]),
                               tuple(c["val_classes"]), int(c["val_seed"]), int(c["max_frame"]), bool(c["gzsl"]),

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.train.rescore import COLUMNS, load_embeddings, main, rescore, run_align
-from experiments.train.settings import ConseSettings
+from experiments.train.rescore import COLUMNS, load_embeddings, main, rescore
+from experiments.train.settings import AlignSettings, ConseSettings
 from main import ex
 
 TINY = dict(text_model="minilm", text_kind="labels", epoch_num=3, hidden_channels=4, out_channels=16, max_frame=8,
@@ -32,10 +32,10 @@ def test_rescoring_a_run_with_its_own_settings_repeats_its_numbers(text_root, tm
     emb = load_embeddings(tmp_path / "val")
     assert res["embeddings_file"] == str(tmp_path / "val" / "epoch_embeddings.npz")
     assert emb["val"].shape[0] == emb["unseen"].shape[0] == 3 and emb["config"]["seed"] == 0
-    assert_repeats(res, rescore(emb, "val", align=run_align(emb["config"])))
+    assert_repeats(res, rescore(emb, "val", align=AlignSettings.from_config(emb["config"])))
     snap = run(text_root, tmp_path / "snap", selection="snapshot", snapshot_start=0.34, conse=True)
     emb = load_embeddings(tmp_path / "snap" / "epoch_embeddings.npz")
-    again = rescore(emb, "snapshot", 0.34, ConseSettings(0.1), run_align(emb["config"]))
+    again = rescore(emb, "snapshot", 0.34, ConseSettings(0.1), AlignSettings.from_config(emb["config"]))
     assert_repeats(snap, again)
     assert rescore(emb, "snapshot", 0.34, None, None)["unseen_top1_aligned"] is None  # DA off: no aligned number
     # validating on some of the saved classes equals scoring those classes' samples among them alone
@@ -50,7 +50,8 @@ def test_rescoring_a_run_with_its_own_settings_repeats_its_numbers(text_root, tm
         rescore(emb, "snapshot", val_classes=[99])
     tv = run(text_root, tmp_path / "tv", selection="snapshot", trainval=True)
     emb = load_embeddings(tmp_path / "tv")
-    assert "val" not in emb and rescore(emb, "snapshot", align=run_align(emb["config"]))["unseen_top1"] == \
+    align = AlignSettings.from_config(emb["config"])
+    assert "val" not in emb and rescore(emb, "snapshot", align=align)["unseen_top1"] == \
         pytest.approx(tv["unseen_top1"], abs=1e-9)
     with pytest.raises(ValueError, match="needs validation embeddings"):
         rescore(emb, "val")
@@ -60,7 +61,7 @@ def test_rescoring_a_run_with_its_own_settings_repeats_its_numbers(text_root, tm
     swa = run(text_root, tmp_path / "swa", weight_average="swa", swa_start=0.5)
     emb = load_embeddings(tmp_path / "swa")
     assert emb["selectable"].tolist() == [False, True, True]
-    assert_repeats(swa, rescore(emb, "val", align=run_align(emb["config"])))
+    assert_repeats(swa, rescore(emb, "val", align=AlignSettings.from_config(emb["config"])))
 
 
 @pytest.mark.slow
