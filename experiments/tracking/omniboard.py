@@ -1,6 +1,8 @@
 """Omniboard, the web UI over the run database.
 
-Installed from npm (``omniboard@2.16.1``) into ``<tools dir>/omniboard`` once, started
+Installed from npm (``omniboard@2.16.1``) into ``<tools dir>/omniboard`` once, with ``npm ci`` from the
+lockfile in ``experiments/tracking/omniboard-npm/``: every one of its ~800 packages at the version it was
+verified with, so a registry (or mirror) that has since gained or lost a release cannot break it. Started
 with ``experiments/tracking/omniboard_localhost.js`` preloaded so it binds 127.0.0.1 only (it binds
 every interface by itself), pointed at the configured database through ``MONGO_URI`` in
 its environment (not its command line, which every user of the machine can read).
@@ -32,6 +34,8 @@ from experiments.tracking.dbserver import TrackingError, tools_dir, tracking_dir
 
 OMNIBOARD_VERSION = "2.16.1"
 PRELOAD = Path(__file__).with_name("omniboard_localhost.js")
+# package.json and package-lock.json pinning Omniboard's whole dependency tree
+LOCKED = Path(__file__).with_name("omniboard-npm")
 DEFAULT_PORT = 9000
 # (column name, path in the run document) of the run list's key numbers: top-level fields, so
 # Omniboard lists them before the config columns (experiments/tracking/database.py: LIST_FIELDS)
@@ -52,7 +56,7 @@ def installed() -> bool:
 
 
 def install() -> Path:
-    """``npm install omniboard@2.16.1`` into the tool folder (once, about a minute)."""
+    """``npm ci`` of the pinned Omniboard (``LOCKED``) into the tool folder (once, about a minute)."""
     if installed():
         return entry_point()
     npm = shutil.which("npm")
@@ -63,10 +67,11 @@ def install() -> Path:
         if installed():
             return entry_point()
         install_dir().mkdir(parents=True, exist_ok=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(LOCKED / name, install_dir() / name)
         print(f"installing omniboard@{OMNIBOARD_VERSION} from npm into {install_dir()} (once, about a minute) ...",
               file=sys.stderr, flush=True)
-        cmd = [npm, "install", "--prefix", str(install_dir()), "--no-audit", "--no-fund", "--loglevel=error",
-               f"omniboard@{OMNIBOARD_VERSION}"]
+        cmd = [npm, "ci", "--prefix", str(install_dir()), "--no-audit", "--no-fund", "--loglevel=error"]
         if subprocess.run(cmd).returncode != 0:
             raise TrackingError(f"npm could not install Omniboard; run it by hand: {' '.join(cmd)}")
     return entry_point()

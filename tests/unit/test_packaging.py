@@ -6,6 +6,7 @@ files with ``--no-deps``: what is checked is the packaging (modules, package dat
 point, the work folder of an installed copy), not pip's resolver."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import site
@@ -47,4 +48,22 @@ def test_pip_install_gives_a_pgfa_command(tmp_path):
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "unseen_classes = [2, 6, 7, 11, 19]" in out.stdout  # splits.json is package data
+    locked = subprocess.run([py, "-c", "from experiments.tracking import omniboard as o; "
+                             "print((o.LOCKED / 'package-lock.json').is_file())"], cwd=work, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert locked.stdout.strip() == "True", locked.stdout + locked.stderr  # the Omniboard lockfile too
     assert f"data_root = '{work / 'data'}'" in out.stdout     # an installed copy works in the current folder
+
+
+def test_omniboard_is_installed_from_a_lockfile_pinning_the_checked_version():
+    """``npm ci`` takes every package from the shipped lockfile, so a registry that gained a release whose
+    dependencies it lacks (what broke a plain ``npm install omniboard@2.16.1``) cannot break the install."""
+    from experiments.tracking import omniboard
+    pkg = json.loads((omniboard.LOCKED / "package.json").read_text())
+    lock = json.loads((omniboard.LOCKED / "package-lock.json").read_text())
+    assert pkg["dependencies"] == {"omniboard": omniboard.OMNIBOARD_VERSION}
+    assert lock["packages"][""]["dependencies"] == pkg["dependencies"]
+    assert lock["packages"]["node_modules/omniboard"]["version"] == omniboard.OMNIBOARD_VERSION
+    unchecked = [name for name, entry in lock["packages"].items()
+                 if name and "integrity" not in entry and not entry.get("inBundle")]
+    assert unchecked == []  # every downloaded package is checked against its hash
