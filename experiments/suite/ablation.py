@@ -37,6 +37,7 @@ COMPONENTS: dict[str, dict] = {
     "motion": {"modality": "joint_motion"},
     "frhead": {"fr_head": True},
     "ctrgcn": {"backbone": "ctrgcn"},
+    "ctrgcn16": {"backbone": "ctrgcn", "hidden_channels": 16},  # at ST-GCN's width (about 1.3x its CPU step)
     "labels": {"text_kind": "labels"},
     "parts": {"text_kind": "parts"},
     "texts": {"text_kind": "labels+des+parts"},  # text ensemble

@@ -235,3 +235,13 @@ def test_ablation_command_runs_rows_and_prints_the_table(demo_root, tmp_path):
     finally:
         subprocess.run([sys.executable, "main.py", "server_stop"], env=env, cwd=PROJECT_ROOT, capture_output=True,
                        timeout=60)
+
+
+def test_every_ablation_component_is_a_set_of_config_entries_a_run_takes():
+    """A misspelt key in ``COMPONENTS`` would only fail when its first run starts, after the sweep began."""
+    from experiments.suite.ablation import COMPONENTS
+    from main import ex
+
+    for name, overrides in COMPONENTS.items():
+        cfg = ex.resolved_config({"dataset": "demo", **overrides})
+        assert {k: cfg[k] for k in overrides} == overrides, name
