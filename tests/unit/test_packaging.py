@@ -67,3 +67,24 @@ def test_omniboard_is_installed_from_a_lockfile_pinning_the_checked_version():
     unchecked = [name for name, entry in lock["packages"].items()
                  if name and "integrity" not in entry and not entry.get("inBundle")]
     assert unchecked == []  # every downloaded package is checked against its hash
+
+
+def test_constraints_pin_every_requirement_within_its_specifier():
+    """``constraints.txt`` holds the whole tree; a pin changed in a requirements file without regenerating
+    it would make ``make setup`` fail to resolve on a fresh machine."""
+    from packaging.requirements import Requirement
+
+    def lines(name):
+        text = (PROJECT_ROOT / name).read_text().splitlines()
+        return [Requirement(line.split("#")[0]) for line in text if line.split("#")[0].strip()]
+
+    pins = {}
+    for req in lines("constraints.txt"):
+        (spec,) = req.specifier
+        assert spec.operator == "==", req
+        pins[req.name.lower().replace("_", "-")] = spec.version
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        for req in lines(name):
+            key = req.name.lower().replace("_", "-")
+            assert key in pins, f"{req.name} ({name}) is not in constraints.txt"
+            assert req.specifier.contains(pins[key], prereleases=True), f"{req} ({name}) against {pins[key]}"
