@@ -52,7 +52,9 @@ def entry_point() -> Path:
 
 def installed() -> bool:
     pkg = install_dir() / "node_modules" / "omniboard" / "package.json"
-    return entry_point().is_file() and json.loads(pkg.read_text()).get("version") == OMNIBOARD_VERSION
+    lock = install_dir() / "package-lock.json"  # a changed lockfile (or an unlocked older install) reinstalls
+    return (entry_point().is_file() and json.loads(pkg.read_text()).get("version") == OMNIBOARD_VERSION
+            and lock.is_file() and lock.read_bytes() == (LOCKED / "package-lock.json").read_bytes())
 
 
 def install() -> Path:

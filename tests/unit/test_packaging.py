@@ -73,6 +73,7 @@ def test_constraints_pin_every_requirement_within_its_specifier():
     """``constraints.txt`` holds the whole tree; a pin changed in a requirements file without regenerating
     it would make ``make setup`` fail to resolve on a fresh machine."""
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     def lines(name):
         text = (PROJECT_ROOT / name).read_text().splitlines()
@@ -82,9 +83,9 @@ def test_constraints_pin_every_requirement_within_its_specifier():
     for req in lines("constraints.txt"):
         (spec,) = req.specifier
         assert spec.operator == "==", req
-        pins[req.name.lower().replace("_", "-")] = spec.version
+        pins[canonicalize_name(req.name)] = spec.version
     for name in ("requirements.txt", "requirements-dev.txt"):
         for req in lines(name):
-            key = req.name.lower().replace("_", "-")
+            key = canonicalize_name(req.name)
             assert key in pins, f"{req.name} ({name}) is not in constraints.txt"
             assert req.specifier.contains(pins[key], prereleases=True), f"{req} ({name}) against {pins[key]}"
