@@ -89,3 +89,18 @@ def test_constraints_pin_every_requirement_within_its_specifier():
             key = canonicalize_name(req.name)
             assert key in pins, f"{req.name} ({name}) is not in constraints.txt"
             assert req.specifier.contains(pins[key], prereleases=True), f"{req} ({name}) against {pins[key]}"
+
+
+def test_omniboard_counts_as_installed_only_from_the_shipped_lockfile(tmp_path, monkeypatch):
+    from experiments.tracking import omniboard
+    monkeypatch.setenv("PGFA_TOOLS_DIR", str(tmp_path))
+    package = omniboard.entry_point().parent.parent
+    omniboard.entry_point().parent.mkdir(parents=True)
+    omniboard.entry_point().write_text("")
+    (package / "package.json").write_text(json.dumps({"version": omniboard.OMNIBOARD_VERSION}))
+    assert not omniboard.installed()  # an install from before the lockfile (none beside it)
+    lock = omniboard.install_dir() / "package-lock.json"
+    lock.write_text("{}")
+    assert not omniboard.installed()  # another lockfile
+    lock.write_bytes((omniboard.LOCKED / "package-lock.json").read_bytes())
+    assert omniboard.installed()
