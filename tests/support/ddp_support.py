@@ -14,10 +14,17 @@ def join(rank: int, size: int, port: int) -> None:
     distributed.join_local(rank, size, port, timeout=60)
 
 
-def leave() -> None:
+def leave(out: str, rank: int) -> None:
+    """Leave the process group, then mark that this rank got past it (``ranks_that_left``): a rank
+    that dies by a signal after its marker died in the interpreter's exit, not in the step under test."""
     from experiments.train import distributed
 
     distributed.shutdown()
+    (Path(out) / f"left{rank}").touch()
+
+
+def ranks_that_left(out: str, size: int) -> list[int]:
+    return [r for r in range(size) if (Path(out) / f"left{r}").exists()]
 
 
 class TinyTextModel(torch.nn.Module):
@@ -73,7 +80,7 @@ def train_worker(rank: int, size: int, port: int, bn: bool, out: str) -> None:
     join(rank, size, port)
     model, losses = train_steps(bn, epochs=2)
     torch.save({"state": model.state_dict(), "losses": losses}, Path(out) / f"rank{rank}.pt")
-    leave()
+    leave(out, rank)
 
 
 def gather_rows_worker(rank: int, size: int, port: int, n: int, out: str) -> None:
@@ -84,4 +91,4 @@ def gather_rows_worker(rank: int, size: int, port: int, n: int, out: str) -> Non
     rows = distributed.gather_rows(lambda start, stop: torch.arange(start, stop, dtype=torch.float32)[:, None]
                                    .expand(-1, 3).clone(), n)
     torch.save(rows, Path(out) / f"rows{rank}.pt")
-    leave()
+    leave(out, rank)

@@ -12,7 +12,13 @@ from experiments.train import distributed
 
 
 def launch(fn, *args, size: int = 2) -> None:
-    mp.spawn(fn, args=(size, free_port(), *args), nprocs=size, join=True)
+    """Run ``fn`` as ranks 0..size-1; ``args[-1]`` is the folder the ranks write to. A rank killed by a
+    signal fails the test, with which ranks had left the process group cleanly before it."""
+    try:
+        mp.spawn(fn, args=(size, free_port(), *args), nprocs=size, join=True)
+    except mp.ProcessExitedException as e:
+        left = ddp_support.ranks_that_left(args[-1], size)
+        raise AssertionError(f"rank {e.error_index} died ({e}); ranks past shutdown(): {left or 'none'}") from e
 
 
 def test_two_ranks_take_the_same_steps_as_one_process(tmp_path):
