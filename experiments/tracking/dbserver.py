@@ -197,6 +197,23 @@ def status(base: Path | None = None) -> ServerInfo | None:
     return None
 
 
+def server_command(exe: Path, config: Path, port: int, storage: Path) -> list[str]:
+    """The server's command line: durable commits (a hard kill loses no acknowledged write), a 256 MB cache."""
+    return [str(exe), "--config", str(config), "--host", SERVER_HOST, "--port", str(port), "--storage-path",
+            str(storage), "--standalone", "--sync-on-commit", "--cache-size", "256M"]
+
+
+def server_environment(malloc_tuned: bool = True) -> dict[str, str]:
+    """The server's environment: this one, with glibc's mmap threshold fixed at 128 KiB. By default glibc
+    raises that threshold after freeing large blocks, so later large buffers (documents, GridFS chunks) come
+    from the heap, which keeps them when freed: the server's resident size grew to several times the bytes
+    written to it, several GB over a sweep (``python -m experiments.bench.db_memory`` measures both)."""
+    env = dict(os.environ)
+    if malloc_tuned:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)
+    return env
+
+
 def ensure_running(base: Path | None = None, timeout: float = 60.0) -> ServerInfo:
     """The running embedded server, started (and installed) if needed."""
     p = _paths(base)
@@ -214,14 +231,13 @@ def ensure_running(base: Path | None = None, timeout: float = 60.0) -> ServerInf
         p["config"].write_text("# SecantusDB settings of this project's run database; command-line flags in "
                                "experiments/tracking/dbserver.py\n")
         port = _choose_port()
-        cmd = [str(exe), "--config", str(p["config"]), "--host", SERVER_HOST, "--port", str(port),
-               "--storage-path", str(p["storage"]), "--standalone", "--sync-on-commit", "--cache-size", "256M"]
+        cmd = server_command(exe, p["config"], port, p["storage"])
         t0 = time.monotonic()
         with open(p["log"], "ab") as log:
             log.write(f"\n--- {datetime.datetime.now().isoformat(timespec='seconds')} {' '.join(cmd)}\n".encode())
             log.flush()
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, close_fds=True)
+                                    start_new_session=True, close_fds=True, env=server_environment())
         url = f"mongodb://{SERVER_HOST}:{port}/"
         while not ping(url, timeout=0.5):
             if proc.poll() is not None:

@@ -110,3 +110,18 @@ def test_stop_kills_a_server_that_ignores_sigterm_and_loses_no_write(tracking, c
     assert "killed it (SIGKILL" in capsys.readouterr().err
     back = dbserver.ensure_running()
     assert database(back.url).probe.find_one({"_id": 1}) == {"_id": 1, "kept": True}
+
+
+def test_server_memory_stays_bounded_under_large_writes(tracking):
+    """glibc's mmap threshold is fixed for the server (``dbserver.server_environment``): 200 MB of GridFS
+    writes leave its resident size far below what it wrote (with glibc's default it grew to about four
+    times the bytes written: ``python -m experiments.bench.db_memory``)."""
+    info = dbserver.ensure_running()
+    environ = Path(f"/proc/{info.pid}/environ").read_bytes().split(b"\0")
+    assert b"MALLOC_MMAP_THRESHOLD_=131072" in environ
+    fs = gridfs.GridFS(database(info.url))
+    for i in range(8):
+        fs.put(os.urandom(25 * 2**20), filename=f"big{i}")
+    resident_mb = int(Path(f"/proc/{info.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+    assert resident_mb < 150, f"the server holds {resident_mb:.0f} MB after 200 MB of writes"
+    dbserver.stop()
