@@ -4,6 +4,7 @@ import re
 
 from experiments.bench.benchmark import Spec, run_group, table
 from experiments.runtime import default_allocator
+from tracking_support import needs_server
 
 
 def test_benchmark_group_prints_every_row_against_the_ceiling():
@@ -139,3 +140,15 @@ def test_ddp_throughput_prints_one_row_per_configuration(capsys):
     assert rows[0]["ratio"] == 1.0 and all(r["samples_per_s"] > 0 for r in rows)
     out = capsys.readouterr().out
     assert out.count("x |") == 3 and "not representative of NCCL on GPUs" in out
+
+
+@needs_server
+def test_db_memory_prints_a_row_per_pair_of_runs(capsys):
+    """The run database's memory benchmark writes its simulated runs to two throwaway servers (tiny sizes)
+    and prints both servers' resident size after each pair."""
+    from experiments.bench import db_memory
+
+    db_memory.main(["--runs", "3", "--epochs", "2", "--artifact-mb", "0.5"])
+    out = capsys.readouterr().out.splitlines()
+    rows = [line for line in out if re.fullmatch(r"\| \d+ \| \d+ \| \d+ \| \d+ \|", line)]
+    assert [row.split(" | ")[0] for row in rows] == ["| 2", "| 3"]  # two at a time, then the odd one
