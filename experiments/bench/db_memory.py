@@ -1,7 +1,7 @@
 """Resident memory of the embedded run database under a recorded sweep's writes (not a test).
 
     python -m experiments.bench.db_memory --runs 16
-    python -m experiments.bench.db_memory --runs 8 --artifact-mb 27
+    python -m experiments.bench.db_memory --runs 16 --artifact-mb 27   # the table in docs/tracking.md
 
 Starts two throwaway SecantusDB servers one after the other, with the flags the project starts its own
 with (``dbserver.server_command``): one in the environment the project gives it, glibc's mmap threshold
