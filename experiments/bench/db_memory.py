@@ -17,21 +17,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from experiments.bench.ddp_throughput import free_port
 from experiments.bench.workloads import cpu_description
 from experiments.tracking import dbserver
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((dbserver.SERVER_HOST, 0))
-        return s.getsockname()[1]
 
 
 def resident_mb(pid: int) -> float:
@@ -83,11 +77,7 @@ def measure(malloc_tuned: bool, runs: int, epochs: int, artifact_mb: float) -> t
                                 env=dbserver.server_environment(malloc_tuned))
         url = f"mongodb://{dbserver.SERVER_HOST}:{port}/"
         try:
-            deadline = time.monotonic() + 60
-            while not dbserver.ping(url, timeout=0.5):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the benchmark's server did not start ({' '.join(cmd)})")
-                time.sleep(0.1)
+            dbserver.wait_until_answering(proc, url, timeout=60)
             rows, written, t0 = [], 0, time.perf_counter()
             for first in range(0, runs, 2):
                 sizes = [0, 0]

@@ -214,6 +214,23 @@ def server_environment(malloc_tuned: bool = True) -> dict[str, str]:
     return env
 
 
+def wait_until_answering(proc: subprocess.Popen, url: str, timeout: float, log: Path | None = None,
+                         started: float | None = None) -> None:
+    """Wait up to ``timeout`` s from ``started`` (``time.monotonic()``; default now) for a just-started server
+    to answer a ping; ``TrackingError`` if it exits first or stays silent (then it is terminated), with
+    ``log``'s tail."""
+    deadline = (time.monotonic() if started is None else started) + timeout
+    while not ping(url, timeout=0.5):
+        problem = (f"exited at start (code {proc.returncode})" if proc.poll() is not None
+                   else f"did not answer within {timeout:.0f} s" if time.monotonic() > deadline else None)
+        if problem:
+            if proc.poll() is None:
+                proc.terminate()
+            where = f"; log {log}:\n{_log_tail(log)}" if log else ""
+            raise TrackingError(f"the embedded run database {problem}{where}")
+        time.sleep(0.1)
+
+
 def ensure_running(base: Path | None = None, timeout: float = 60.0) -> ServerInfo:
     """The running embedded server, started (and installed) if needed."""
     p = _paths(base)
@@ -239,15 +256,7 @@ def ensure_running(base: Path | None = None, timeout: float = 60.0) -> ServerInf
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True, env=server_environment())
         url = f"mongodb://{SERVER_HOST}:{port}/"
-        while not ping(url, timeout=0.5):
-            if proc.poll() is not None:
-                raise TrackingError(f"the embedded run database exited at start (code {proc.returncode}); "
-                                    f"log {p['log']}:\n{_log_tail(p['log'])}")
-            if time.monotonic() - t0 > timeout:
-                proc.terminate()
-                raise TrackingError(f"the embedded run database did not answer within {timeout:.0f} s; "
-                                    f"log {p['log']}:\n{_log_tail(p['log'])}")
-            time.sleep(0.1)
+        wait_until_answering(proc, url, timeout, p["log"], started=t0)
         info = ServerInfo(pid=proc.pid, host=SERVER_HOST, port=port, storage=str(p["storage"]), log=str(p["log"]),
                           started_at=datetime.datetime.now().isoformat(timespec="seconds"),
                           start_seconds=round(time.monotonic() - t0, 3))

@@ -10,6 +10,7 @@ from pathlib import Path
 import gridfs
 import pytest
 
+from experiments.bench import db_memory
 from experiments.files import PROJECT_ROOT
 from experiments.tracking import dbserver
 from tracking_support import database, needs_server, server_processes, wait_until
@@ -122,6 +123,6 @@ def test_server_memory_stays_bounded_under_large_writes(tracking):
     fs = gridfs.GridFS(database(info.url))
     for i in range(8):
         fs.put(os.urandom(25 * 2**20), filename=f"big{i}")
-    resident_mb = int(Path(f"/proc/{info.pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+    resident_mb = db_memory.resident_mb(info.pid)
     assert resident_mb < 150, f"the server holds {resident_mb:.0f} MB after 200 MB of writes"
     dbserver.stop()
