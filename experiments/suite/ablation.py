@@ -148,12 +148,15 @@ def best_by_validation(rows: list[AblationRow], dataset: str) -> str | None:
     return max(cands)[1] if cands else None
 
 
-def clear_gain(row: AblationRow, baseline: AblationRow, key: str = "best_val_top1") -> bool:
+def clear_gain(row: AblationRow, baseline: AblationRow, key: str = "best_val_top1", ses: float = 1.0) -> bool:
     """Whether ``row``'s mean of ``key`` (by default the validation top-1, never an unseen number)
-    exceeds the baseline's by more than the standard error of the difference of the two means:
-    the rule by which a component may become a dataset's default."""
+    exceeds the baseline's by more than ``ses`` standard errors of the difference of the two means:
+    the rule by which a component may become a dataset's default (one SE through round 7; two from
+    round 8, once twenty variants per dataset had been tried: docs/zeroshot_small.md)."""
+    if ses <= 0:
+        raise ValueError(f"clear_gain: ses must be positive (standard errors of the difference), got {ses}")
     diff, se = difference(row.values.get(key) or [], baseline.values.get(key) or [])
-    return bool(diff > se)  # NaN (fewer than 2 runs a side): False
+    return bool(diff > ses * se)  # NaN (fewer than 2 runs a side): False
 
 
 def difference(a: list[float], b: list[float]) -> tuple[float, float]:

@@ -11,7 +11,8 @@ which epochs could be picked and the run's config. This module scores them as a 
 prints one row per variant, pooled over the folders (mean ± sample std) and the unseen top-1 per split;
 ``--val-classes`` validates on some of the saved validation classes only; ``--against OTHER ...`` adds
 each variant's held-out pick minus theirs (scored with their own settings), its standard error and
-whether it is a clear gain (``experiments/suite/ablation.py: clear_gain``, the rule defaults change by).
+whether it is a clear gain by more than ``--ses`` standard errors (default 1; ``experiments/suite/ablation.py:
+clear_gain``, the rule defaults change by).
 Rescoring a run with its own settings gives its recorded numbers (tests/train/test_rescore.py). It
 reads the unseen classes like any run's final score does; choose variants by the validation columns only.
 """
@@ -126,18 +127,18 @@ def _cell(vals: list[float]) -> str:
 
 
 def table(folders: list[str], starts: list[float], temperatures: list[float], val_classes: list[int] = (),
-          top_k: int = 0, against: list[str] = ()) -> str:
+          top_k: int = 0, against: list[str] = (), ses: float = 1.0) -> str:
     """A markdown table: per variant, mean ± sample std over the runs of each column and the unseen top-1
     per split; with ``against`` (runs scored with their own settings), each variant's held-out pick minus
-    theirs and whether it is a clear gain (``experiments/suite/ablation.py: clear_gain``, the rule a
-    default changes by; validation only)."""
+    theirs and whether it is a clear gain by more than ``ses`` standard errors
+    (``experiments/suite/ablation.py: clear_gain``, the rule a default changes by; validation only)."""
     from experiments.suite.ablation import AblationRow, clear_gain, difference
 
     embs = [load_embeddings(f) for f in folders]
     base = AblationRow("", "against")
     base.values[HELD_OUT] = [r[HELD_OUT] for r in (as_run(load_embeddings(f), val_classes) for f in against)
                              if r.get(HELD_OUT) is not None]
-    extra = ["per split (unseen_top1)"] + (["Δ held-out (SE)", "clear gain"] if against else [])
+    extra = ["per split (unseen_top1)"] + (["Δ held-out (SE)", f"clear gain (> {ses:g} SE)"] if against else [])
     lines = ["| variant | runs | " + " | ".join([*COLUMNS, *extra]) + " |",
              "|---|---|" + "---|" * (len(COLUMNS) + len(extra))]
     for name, (selection, start, conse) in variants(starts, temperatures, top_k).items():
@@ -155,7 +156,7 @@ def table(folders: list[str], starts: list[float], temperatures: list[float], va
             row.values[HELD_OUT] = [r[HELD_OUT] for r in rows if r.get(HELD_OUT) is not None]
             diff, se = difference(row.values[HELD_OUT], base.values[HELD_OUT])
             cells += [f"{diff:+.2f} ({se:.2f})" if np.isfinite(diff) else "– (fewer than 2 runs a side)",
-                      "yes" if clear_gain(row, base, HELD_OUT) else "no"]
+                      "yes" if clear_gain(row, base, HELD_OUT, ses) else "no"]
         lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -170,8 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--conse-top-k", type=int, default=0, help="ConSE: mix only the k nearest seen classes (0: all)")
     p.add_argument("--against", nargs="*", default=[],
                    help="runs (scored with their own settings) to compare each variant's held-out pick with")
+    p.add_argument("--ses", type=float, default=1.0,
+                   help="a clear gain: the held-out pick's difference above this many standard errors (round 8: 2)")
     a = p.parse_args(argv)
-    print(table(a.folders, a.snapshot_start, a.conse, a.val_classes, a.conse_top_k, a.against))
+    if a.ses <= 0:
+        p.error(f"--ses must be positive, got {a.ses}")
+    print(table(a.folders, a.snapshot_start, a.conse, a.val_classes, a.conse_top_k, a.against, a.ses))
 
 
 if __name__ == "__main__":

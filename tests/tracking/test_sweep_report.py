@@ -187,6 +187,9 @@ def test_ablation_variants_and_table():
     assert not clear_gain(rows[1], rows[0]) and not clear_gain(rows[0], rows[1])  # 7.5 < se 12.5
     rows[1].values["best_val_top1"] = [90.0, 92.0]
     assert clear_gain(rows[1], rows[0])  # 31 > se 10.0
+    assert clear_gain(rows[1], rows[0], ses=3) and not clear_gain(rows[1], rows[0], ses=3.2)  # 31 against 30, 32
+    with pytest.raises(ValueError, match="ses must be positive"):
+        clear_gain(rows[1], rows[0], ses=0)
     rows[1].values["best_val_top1"] = [60.0, 45.0]
     table = ablation_markdown(rows)
     assert "| demo | +ema | 2 | 55.00 ± 7.07 | 60.00 ± 7.07 | – | 52.50 ± 10.61 | – | +25.00 | +25.00 | 1: 50.0 / 2: " \

@@ -91,7 +91,7 @@ def test_rescore_command_prints_a_row_per_variant(text_root, tmp_path, capsys):
     # against runs scored as they ran: the held-out pick's difference, its SE, and the default-changing rule
     main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--against", str(tmp_path / "s0"), str(tmp_path / "s1")])
     out = capsys.readouterr().out.splitlines()
-    assert out[0].endswith("| per split (unseen_top1) | Δ held-out (SE) | clear gain |")
+    assert out[0].endswith("| per split (unseen_top1) | Δ held-out (SE) | clear gain (> 1 SE) |")
     own = [line.split(" | ") for line in out if line.startswith("| val pick |")][0]  # the runs' own selection
     assert own[-2].startswith("+0.00 (") and own[-1] == "no |"  # no gain over themselves
     # --val-classes validates both sides on the same classes: still no difference
@@ -104,6 +104,12 @@ def test_rescore_command_prints_a_row_per_variant(text_root, tmp_path, capsys):
     main([str(tmp_path / "s0"), "--against", str(tmp_path / "s1")])  # one run a side: no standard error
     own = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| val pick |")][0]
     assert own[-2] == "– (fewer than 2 runs a side)" and own[-1] == "no |"
+    main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--against", str(tmp_path / "s0"), str(tmp_path / "s1"),
+          "--ses", "2"])  # the stricter rule names itself in the header
+    assert capsys.readouterr().out.splitlines()[0].endswith("| clear gain (> 2 SE) |")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "s0"), "--against", str(tmp_path / "s1"), "--ses", "0"])
+    assert "--ses must be positive, got 0.0" in capsys.readouterr().err
 
 
 def test_refusals(text_root, tmp_path):
