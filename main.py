@@ -15,7 +15,7 @@
     python main.py omniboard                              # browse the runs (http://127.0.0.1:9000/)
     python main.py sync                                   # upload runs recorded offline or during an outage
     python main.py with nw_ucla train_mode="supervised" backbone="ctrgcn" modality="bone"   # supervised track
-    python main.py ensemble with ensemble_members=[3,4,5,6]   # fuse recorded runs' saved scores
+    python main.py ensemble with dataset=ntu60 ensemble_members=[3,4,5,6]   # fuse recorded runs' saved scores
 """
 from __future__ import annotations
 

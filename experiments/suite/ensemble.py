@@ -83,6 +83,17 @@ def load_member(ref, into: Path, mongo_url: str = "") -> dict:
             "source": str(path), "ref": str(ref)}
 
 
+def check_dataset(members: list[dict], dataset: str) -> None:
+    """The run is named and filed under ``dataset`` (folder, run list): refuse members recorded on another."""
+    recorded = sorted({m["dataset"] for m in members if m.get("dataset")})
+    if len(recorded) > 1:
+        raise EnsembleError(f"ensemble members come from different datasets {recorded}: "
+                            + ", ".join(f"{m['ref']!r}: {m.get('dataset', '?')}" for m in members))
+    if recorded and recorded[0] != dataset:
+        raise EnsembleError(f"the ensemble members are {recorded[0]} runs but dataset={dataset!r}: pass "
+                            f"dataset={recorded[0]} (the ensemble run is named and filed under its dataset)")
+
+
 def default_weights(members: list[dict]) -> tuple[list[float], str]:
     """FR-Head's stream weights where they apply (module docstring), else equal weights."""
     streams = [m.get("modality", "") for m in members]
@@ -124,6 +135,7 @@ def run_ensemble(cfg: dict, tracker: Tracker | None = None) -> dict:
                         train_mode="ensemble", seed=cfg["seed"])
     folder.mkdir(parents=True, exist_ok=True)
     members = [load_member(r, folder, cfg.get("mongo_url", "")) for r in refs]
+    check_dataset(members, cfg["dataset"])
     weights, rule = (list(map(float, cfg["ensemble_weights"])), "given") if cfg["ensemble_weights"] \
         else default_weights(members)
     fused = fuse(members, weights)
@@ -132,7 +144,7 @@ def run_ensemble(cfg: dict, tracker: Tracker | None = None) -> dict:
                        classes.tolist(), {"members": np.asarray(refs, dtype=str), "weights": np.asarray(weights)})
     tracker.add_artifact(path)
     acc = accuracies(fused, labels, classes)
-    result = {"train_mode": "ensemble", "dataset": members[0].get("dataset", cfg["dataset"]), "tag": cfg["tag"],
+    result = {"train_mode": "ensemble", "dataset": cfg["dataset"], "tag": cfg["tag"],
               "members": [{"ref": m["ref"], "source": m["source"], "modality": m.get("modality", ""),
                            "top1": accuracies(m["scores"], labels, classes)["top1"]} for m in members],
               "weights": weights, "weight_rule": rule, "ensemble_top1": acc["top1"], "ensemble_top5": acc["top5"],

@@ -63,6 +63,21 @@ def test_ensemble_refuses_members_that_score_other_samples(two_streams, tmp_path
                options={"--loglevel": "ERROR"})
 
 
+def test_ensemble_refuses_members_of_another_dataset_than_its_own(two_streams, tmp_path):
+    tmp, joint, bone = two_streams
+    z = dict(np.load(bone["scores"]))
+    np.savez(tmp_path / "ucla.npz", **{**z, "dataset": np.asarray("nw_ucla")})
+    with pytest.raises(ValueError, match=r"different datasets \['demo', 'nw_ucla'\]"):
+        ex.run(config_updates={"train_mode": "ensemble", "out_dir": str(tmp_path / "e"),
+                               "ensemble_members": [joint["scores"], str(tmp_path / "ucla.npz")]},
+               options={"--loglevel": "ERROR"})
+    np.savez(tmp_path / "ucla2.npz", **{**dict(np.load(joint["scores"])), "dataset": np.asarray("nw_ucla")})
+    with pytest.raises(ValueError, match="members are nw_ucla runs but dataset='demo': pass dataset=nw_ucla"):
+        ex.run(config_updates={"train_mode": "ensemble", "out_dir": str(tmp_path / "e"),
+                               "ensemble_members": [str(tmp_path / "ucla2.npz"), str(tmp_path / "ucla.npz")]},
+               options={"--loglevel": "ERROR"})
+
+
 def test_default_ensemble_weights_are_frhead_s_by_stream():
     from experiments.suite.ensemble import default_weights
 
