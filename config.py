@@ -206,6 +206,7 @@ def config():
 
     backbone = _d.get("backbone", "stgcn")  # stgcn | shiftgcn | ctrgcn (module/registry.py)
     modality = _d.get("modality", "joint")  # input stream: joint | bone | joint_motion | bone_motion (data/streams.py)
+    streams = _d.get("streams", [])  # >= 2 modalities: one training each, scored fused (experiments/train/streams.py)
     input_norm = "none"  # none | minmax: each sequence scaled per axis to [-1, 1] in the model (FR-Head's NW-UCLA feeder)
     _m = {**model_defaults(backbone), "graph_layout": _spec.layout, "num_person": _spec.num_person, **_d}
     in_channels = _m["in_channels"]
@@ -229,8 +230,7 @@ def config():
     text_dim = _text_dim(text_model)
     init_temperature = _d.get("init_temperature", 0.07)
     learn_temperature = _d.get("learn_temperature", True)  # False reproduces the original's fixed temperature
-    # Part-aware alignment (module/head.py: PartAwareModel; docs/zeroshot_small.md): per-part pooled features
-    # and heads aligned with the part_text_kind texts; score cos(global, text) + part_weight * mean part cosine
+    # part-aware alignment (module/head.py): cos(global, text) + part_weight * mean cosine of the parts with their texts
     part_align = _d.get("part_align", False)
     part_weight = _d.get("part_weight", 1.0)
     part_text_kind = _d.get("part_text_kind", "parts")

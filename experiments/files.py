@@ -23,6 +23,7 @@ WORK_ROOT = Path(os.environ.get("PGFA_HOME") or (PROJECT_ROOT if (PROJECT_ROOT /
 DATA_DIR = WORK_ROOT / "data"  # the default data_root
 RUNS_DIR = WORK_ROOT / "runs"
 BEST_FILE = "best.pt"    # a run folder's selected checkpoint
+STREAMS_FILE = "streams.json"  # a stream ensemble run's list of its streams' checkpoints (train/streams.py)
 STATE_FILE = "last.pt"   # a run folder's resumable state, written after every epoch
 
 

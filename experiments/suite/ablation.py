@@ -35,6 +35,7 @@ COMPONENTS: dict[str, dict] = {
     "minmax": {"input_norm": "minmax"},  # each sequence scaled per axis to [-1, 1]
     "bone": {"modality": "bone"},
     "motion": {"modality": "joint_motion"},
+    "streams": {"streams": ["joint", "joint_motion"]},  # one training per stream, scored fused (a stream ensemble)
     "frhead": {"fr_head": True},
     "ctrgcn": {"backbone": "ctrgcn"},
     "ctrgcn16": {"backbone": "ctrgcn", "hidden_channels": 16},  # at ST-GCN's width (about 1.3x its CPU step)

@@ -44,6 +44,23 @@ class NullTracker:
         self.artifacts.append((str(path), name or Path(path).name))
 
 
+class PrefixTracker:
+    """Logs a part's metrics (a fold's, a stream's) as ``<prefix><name>``; its artifacts and infos are not
+    recorded (the run that holds the parts records its own)."""
+
+    def __init__(self, tracker: Tracker, prefix: str):
+        self.tracker, self.prefix = tracker, prefix
+
+    def log_scalar(self, name: str, value: float, step: int) -> None:
+        self.tracker.log_scalar(self.prefix + name, value, step)
+
+    def add_artifact(self, path, name=None) -> None:
+        pass
+
+    def set_info(self, key: str, value) -> None:
+        pass
+
+
 class SacredTracker:
     """Forwards to a Sacred run and keeps ``run.info["summary"]`` current: the latest value of
     every scalar, ``epochs`` logged so far, ``best_val_top1`` so far, and (``summarize``) the

@@ -14,12 +14,13 @@ so they are recorded in its config. Building a configuration never reads a check
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gridfs
 import torch
 
-from experiments.files import BEST_FILE, RUNS_DIR, write_bytes_atomic
+from experiments.files import BEST_FILE, RUNS_DIR, STREAMS_FILE, write_bytes_atomic
 from experiments.tracking.database import connect, resolve_target
 
 FETCH_DIR = RUNS_DIR / "fetched"
@@ -42,7 +43,11 @@ def resolve_checkpoint(ref: str, mongo_url: str = "") -> Path:
         raise CheckpointError("train_mode='test' needs checkpoint=<path of a best.pt, a run folder, or a run id>")
     path = Path(str(ref)).expanduser()
     if path.is_dir():
-        path = path / BEST_FILE
+        path = path / BEST_FILE if (path / BEST_FILE).is_file() or not (path / STREAMS_FILE).is_file() \
+            else path / STREAMS_FILE
+    if path.name == STREAMS_FILE and path.is_file():
+        raise CheckpointError(f"checkpoint {ref!r}: a stream ensemble run (one model per stream); evaluate one of "
+                              f"its streams' checkpoints: {', '.join(json.loads(path.read_text())['checkpoints'])}")
     if path.is_file():
         return path
     if str(ref).isdigit():

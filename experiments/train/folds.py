@@ -26,7 +26,7 @@ from dataclasses import replace
 import numpy as np
 
 from data.catalog import get_dataset
-from experiments.tracking.tracker import Tracker
+from experiments.tracking.tracker import PrefixTracker, Tracker
 from experiments.train.epoch_eval import ZeroShotEpochEval
 from experiments.train.evaluate import Outcome, final_report
 from experiments.train.loop import seed_everything, train_and_select
@@ -75,22 +75,6 @@ def best_mean_epoch(curves: list[list[float]], selectable: list[list[bool]] | No
     return int(np.flatnonzero(ok)[np.argmax(mean[ok])]), mean
 
 
-class FoldTracker:
-    """Logs a fold's metrics as ``fold<k>_<name>``; artifacts and infos of folds are not recorded."""
-
-    def __init__(self, tracker: Tracker, fold: int):
-        self.tracker, self.prefix = tracker, f"fold{fold}_"
-
-    def log_scalar(self, name: str, value: float, step: int) -> None:
-        self.tracker.log_scalar(self.prefix + name, value, step)
-
-    def add_artifact(self, path, name=None) -> None:
-        pass
-
-    def set_info(self, key: str, value) -> None:
-        pass
-
-
 def run_folds(s: Settings, tracker: Tracker) -> dict:
     """``selection="folds"`` (module docstring); returns the run's result like ``run_zero_shot``."""
     d = s.data
@@ -114,7 +98,7 @@ def run_folds(s: Settings, tracker: Tracker) -> dict:
         fs = with_batch_size(fs, len(data.train))
         log.info("fold %d/%d: validation classes %s, training on %d classes", i, len(folds), val,
                  len(data.train.classes))
-        outcome = train_and_select(fs, data.train, model, device, FoldTracker(tracker, i), generator,
+        outcome = train_and_select(fs, data.train, model, device, PrefixTracker(tracker, f"fold{i}_"), generator,
                                    folder / f"fold{i}", zero_shot_training(fs, data, text.to(device), device),
                                    ZeroShotEpochEval(fs, data, text, device), "val_top1")
         curves.append([h["val_top1"] for h in outcome.history])

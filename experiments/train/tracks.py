@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import logging
 
+from dataclasses import dataclass
+
+import torch
+
 from experiments.tracking.tracker import NullTracker, Tracker
 from experiments.train import distributed
 from experiments.train.checkpoints import load_checkpoint, resolve_checkpoint
@@ -15,6 +19,7 @@ from experiments.train.objectives import aggregation_record, zero_shot_training
 from experiments.train.epoch_eval import EMBEDDINGS_FILE, ZeroShotEpochEval
 from experiments.train.prepare import folder_of, prepare_run, with_batch_size
 from experiments.train.settings import Settings
+from experiments.train.streams import run_streams
 
 log = logging.getLogger("pgfa")
 
@@ -31,9 +36,33 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
         The result dict (accuracies in percent).
     """
     tracker = tracker or NullTracker()
+    if cfg.get("streams"):
+        return run_streams(cfg, tracker, train_zero_shot)
     s = Settings.from_config(cfg)
     if s.eval.selection == "folds":
         return run_folds(s, tracker)
+    t = train_zero_shot(s, tracker)
+    if t is None:  # in a launch rank 0 alone goes on
+        return {}
+    report = final_report(t.s, t.data, t.text, t.model, t.device, tracker, t.outcome)
+    return {**report, "batch_size": t.s.optim.batch_size}
+
+
+@dataclass
+class Trained:
+    """One training of ``train_zero_shot``, ready to be scored (``final_report``)."""
+    s: Settings
+    data: object  # ZeroShotData
+    text: torch.Tensor
+    model: torch.nn.Module
+    device: torch.device
+    outcome: Outcome
+    evaluator: ZeroShotEpochEval
+
+
+def train_zero_shot(s: Settings, tracker: Tracker) -> Trained | None:
+    """Train and select (``s.eval.selection`` "val", "snapshot", "test" or "last"); write the run folder's
+    checkpoints (and ``epoch_embeddings.npz``). None on the ranks of a launch that do not report."""
     generator = seed_everything(s.run.seed)
     data, text, model, device = prepare_run(s)
     log.info("train %d samples (%d classes) | val %s | unseen %d samples (%d classes) | device %s",
@@ -51,11 +80,11 @@ def run_zero_shot(cfg: dict, tracker: Tracker | None = None) -> dict:
     outcome.unseen_feats, outcome.record = evaluator.unseen_snapshot(), evaluator.record(outcome.history)
     distributed.shutdown()  # training is over; in a launch rank 0 alone goes on
     if not distributed.is_main():  # rank 0 scores the unseen classes and records the run
-        return {}
+        return None
     data.record.update(aggregation_record(s, objective))
     if s.eval.save_embeddings:
         outcome.record["embeddings_file"] = str(evaluator.save_embeddings(folder / EMBEDDINGS_FILE, outcome.history))
-    return {**final_report(s, data, text, model, device, tracker, outcome), "batch_size": s.optim.batch_size}
+    return Trained(s, data, text, model, device, outcome, evaluator)
 
 
 def run_test(cfg: dict, tracker: Tracker | None = None) -> dict:
