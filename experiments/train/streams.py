@@ -100,3 +100,39 @@ def run_streams(cfg: dict, tracker: Tracker, train_zero_shot: Callable) -> dict:
              ", ".join(f"{m} alone {r['unseen_top1']:.2f}%" for m, r in per_stream.items()))
     return {**final_report(fused, data, text, first.model, first.device, tracker, outcome),
             "batch_size": first.s.optim.batch_size}
+
+
+def fused_from_folders(folders: list[str]) -> dict:
+    """What a streams run of these single-stream runs' streams scores (inductive, aligned, centred), from their
+    saved embeddings (``save_embeddings=True``, ``selection="snapshot"``; same split and texts)."""
+    from experiments.train.epoch_eval import add_unit, snapshot_first_epoch
+    from experiments.train.rescore import load_embeddings
+    from experiments.train.settings import AlignSettings
+
+    embs = [load_embeddings(f) for f in folders]
+    feats = []
+    for f, e in zip(folders, embs):
+        if e["config"].get("selection") != "snapshot":
+            raise ValueError(f"{f}: selection={e['config'].get('selection')!r}; streams fuse snapshot ensembles")
+        if not (torch.equal(e["unseen_y"], embs[0]["unseen_y"]) and torch.equal(e["text"], embs[0]["text"])):
+            raise ValueError(f"{f}: other unseen samples or class texts than {folders[0]}")
+        epochs, sums = e["unseen"].shape[0], {}
+        first = snapshot_first_epoch(float(e["config"]["snapshot_start"]), epochs)
+        for ep in range(first, epochs):
+            add_unit(sums, "unseen", e["unseen"][ep])
+        feats.append(sums["unseen"] / (epochs - first))
+    e0 = embs[0]
+    res = zero_shot_eval(fuse_features(feats), e0["unseen_y"], e0["unseen_classes"].tolist(),
+                         fuse_text(e0["text"], len(embs)), AlignSettings.from_config(e0["config"]))
+    return {"streams": [e["config"].get("modality") for e in embs], "split": e0["config"].get("split"),
+            "seed": e0["config"].get("seed"), "unseen_top1": res.top1, "unseen_top1_aligned": res.top1_aligned,
+            "unseen_top1_centred": res.top1_centred}
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 3:
+        sys.exit("usage: python -m experiments.train.streams RUN_FOLDER RUN_FOLDER [...]  (single-stream runs of one "
+                 "split and seed, saved with save_embeddings=True): what a streams run of them scores")
+    print(json.dumps(fused_from_folders(sys.argv[1:])))

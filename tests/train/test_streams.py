@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from experiments.train.evaluate import zero_shot_eval
 from experiments.files import STREAMS_FILE
-from experiments.train.streams import fuse_features, fuse_text
+from experiments.train.streams import fuse_features, fuse_text, fused_from_folders
 from main import ex
 
 TINY = dict(text_model="minilm", text_kind="labels", epoch_num=3, hidden_channels=4, out_channels=16, max_frame=8,
@@ -37,7 +37,8 @@ def test_a_cosine_against_fused_texts_is_the_mean_of_the_streams_cosines():
 def streams_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("streams")
     fused = run(tmp, "both", streams=["joint", "bone"])
-    joint, bone = run(tmp, "joint", modality="joint"), run(tmp, "bone", modality="bone")
+    joint = run(tmp, "joint", modality="joint", save_embeddings=True)
+    bone = run(tmp, "bone", modality="bone", save_embeddings=True)
     return tmp, fused, joint, bone
 
 
@@ -57,6 +58,11 @@ def test_a_streams_run_is_the_score_ensemble_of_its_single_stream_runs(streams_r
     assert fused["unseen_top1"] == pytest.approx(top1)
     assert fused["selection"] == "snapshot" and 0.0 <= fused["best_val_top1"] <= 100.0
     assert 0.0 <= fused["val_holdout_top1"] <= 100.0 and "unseen_top1_aligned" in fused
+    # the same numbers from the single runs' saved embeddings (python -m experiments.train.streams A B)
+    again = fused_from_folders([str(tmp / "joint"), str(tmp / "bone")])
+    assert again["streams"] == ["joint", "bone"]
+    for key in ("unseen_top1", "unseen_top1_aligned", "unseen_top1_centred"):
+        assert again[key] == pytest.approx(fused[key])
     manifest = json.loads((tmp / "both" / STREAMS_FILE).read_text())
     assert manifest["streams"] == ["joint", "bone"]
     assert all((tmp / "both" / m / "best.pt").is_file() for m in ("joint", "bone"))
