@@ -42,6 +42,15 @@ def fuse_text(text: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([F.normalize(text.float(), dim=1)] * k, dim=1) / math.sqrt(k)
 
 
+def fused_validation(feats: list[torch.Tensor], labels: torch.Tensor, classes: list[int], text: torch.Tensor,
+                     conse=None, seen: list[int] = ()) -> tuple[float, float]:
+    """The fused streams' validation top-1 and held-out estimate (``holdout_top1`` of a fixed model)."""
+    k = len(feats)
+    res = zero_shot_eval(fuse_features(feats), labels, classes, fuse_text(text, k), conse=conse, seen=seen)
+    fixed = res.pred == labels.cpu()
+    return res.top1, holdout_top1(fixed[None], labels.cpu(), [True], fixed)
+
+
 def check_streams(cfg: dict) -> list[str]:
     """The config's streams, or a ``ValueError`` naming what a stream ensemble run cannot do."""
     streams = [check_modality(str(m)) for m in cfg["streams"]]
@@ -82,12 +91,9 @@ def run_streams(cfg: dict, tracker: Tracker, train_zero_shot: Callable) -> dict:
         tracker.add_artifact(t.outcome.checkpoint, f"{m}_{t.outcome.checkpoint.name}")
     best_score = float("nan")
     if data.val is not None:  # the fused snapshot ensembles on the validation classes: what comparisons read
-        val_feats = fuse_features([t.evaluator.sums["val"] / t.evaluator.count for t in trained])
-        res = zero_shot_eval(val_feats, data.val.y, data.val.classes, text, conse=s.eval.conse,
-                             seen=data.train.classes)
-        fixed = res.pred == data.val.y.cpu()
-        best_score = res.top1
-        record["val_holdout_top1"] = holdout_top1(fixed[None], data.val.y.cpu(), [True], fixed)
+        best_score, record["val_holdout_top1"] = fused_validation(
+            [t.evaluator.sums["val"] / t.evaluator.count for t in trained], data.val.y, data.val.classes,
+            first.text, s.eval.conse, data.train.classes)
     record.pop("embeddings_file", None)  # each stream's, in its folder
     manifest = folder / STREAMS_FILE
     manifest.write_text(json.dumps({"streams": streams, "folders": [str(folder / m) for m in streams],
@@ -110,23 +116,33 @@ def fused_from_folders(folders: list[str]) -> dict:
     from experiments.train.settings import AlignSettings
 
     embs = [load_embeddings(f) for f in folders]
-    feats = []
+    feats, val_feats = [], []
     for f, e in zip(folders, embs):
         if e["config"].get("selection") != "snapshot":
             raise ValueError(f"{f}: selection={e['config'].get('selection')!r}; streams fuse snapshot ensembles")
         if not (torch.equal(e["unseen_y"], embs[0]["unseen_y"]) and torch.equal(e["text"], embs[0]["text"])):
             raise ValueError(f"{f}: other unseen samples or class texts than {folders[0]}")
+        parts = ("val", "unseen") if "val" in embs[0] else ("unseen",)
+        if "val" in embs[0] and not ("val" in e and torch.equal(e["val_y"], embs[0]["val_y"])):
+            raise ValueError(f"{f}: other validation samples than {folders[0]}")
         epochs, sums = e["unseen"].shape[0], {}
         first = snapshot_first_epoch(float(e["config"]["snapshot_start"]), epochs)
         for ep in range(first, epochs):
-            add_unit(sums, "unseen", e["unseen"][ep])
+            for part in parts:
+                add_unit(sums, part, e[part][ep])
         feats.append(sums["unseen"] / (epochs - first))
+        if "val" in sums:
+            val_feats.append(sums["val"] / (epochs - first))
     e0 = embs[0]
     res = zero_shot_eval(fuse_features(feats), e0["unseen_y"], e0["unseen_classes"].tolist(),
                          fuse_text(e0["text"], len(embs)), AlignSettings.from_config(e0["config"]))
-    return {"streams": [e["config"].get("modality") for e in embs], "split": e0["config"].get("split"),
-            "seed": e0["config"].get("seed"), "unseen_top1": res.top1, "unseen_top1_aligned": res.top1_aligned,
-            "unseen_top1_centred": res.top1_centred}
+    out = {"streams": [e["config"].get("modality") for e in embs], "split": e0["config"].get("split"),
+           "seed": e0["config"].get("seed"), "unseen_top1": res.top1, "unseen_top1_aligned": res.top1_aligned,
+           "unseen_top1_centred": res.top1_centred}
+    if val_feats:
+        out["val_top1"], out["val_holdout_top1"] = fused_validation(
+            val_feats, e0["val_y"], e0["val_classes"].tolist(), e0["text"], seen=e0["train_classes"].tolist())
+    return out
 
 
 if __name__ == "__main__":

@@ -61,8 +61,9 @@ def test_a_streams_run_is_the_score_ensemble_of_its_single_stream_runs(streams_r
     # the same numbers from the single runs' saved embeddings (python -m experiments.train.streams A B)
     again = fused_from_folders([str(tmp / "joint"), str(tmp / "bone")])
     assert again["streams"] == ["joint", "bone"]
-    for key in ("unseen_top1", "unseen_top1_aligned", "unseen_top1_centred"):
+    for key in ("unseen_top1", "unseen_top1_aligned", "unseen_top1_centred", "val_holdout_top1"):
         assert again[key] == pytest.approx(fused[key])
+    assert again["val_top1"] == pytest.approx(fused["best_val_top1"])
     manifest = json.loads((tmp / "both" / STREAMS_FILE).read_text())
     assert manifest["streams"] == ["joint", "bone"]
     assert all((tmp / "both" / m / "best.pt").is_file() for m in ("joint", "bone"))
