@@ -21,13 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from data.streams import check_modality
+from experiments.files import STREAMS_FILE
 from experiments.tracking.tracker import PrefixTracker, Tracker
 from experiments.train import distributed
-from experiments.files import STREAMS_FILE
-from experiments.train.epoch_eval import holdout_top1
+from experiments.train.epoch_eval import add_unit, holdout_top1, snapshot_first_epoch
 from experiments.train.evaluate import Outcome, final_report, zero_shot_eval
 from experiments.train.prepare import folder_of
-from experiments.train.settings import Settings
+from experiments.train.rescore import load_embeddings
+from experiments.train.settings import AlignSettings, Settings
 
 log = logging.getLogger("pgfa")
 
@@ -111,18 +112,14 @@ def run_streams(cfg: dict, tracker: Tracker, train_zero_shot: Callable) -> dict:
 def fused_from_folders(folders: list[str]) -> dict:
     """What a streams run of these single-stream runs' streams scores (inductive, aligned, centred), from their
     saved embeddings (``save_embeddings=True``, ``selection="snapshot"``; same split and texts)."""
-    from experiments.train.epoch_eval import add_unit, snapshot_first_epoch
-    from experiments.train.rescore import load_embeddings
-    from experiments.train.settings import AlignSettings
-
     embs = [load_embeddings(f) for f in folders]
     feats, val_feats = [], []
+    parts = ("val", "unseen") if "val" in embs[0] else ("unseen",)
     for f, e in zip(folders, embs):
         if e["config"].get("selection") != "snapshot":
             raise ValueError(f"{f}: selection={e['config'].get('selection')!r}; streams fuse snapshot ensembles")
         if not (torch.equal(e["unseen_y"], embs[0]["unseen_y"]) and torch.equal(e["text"], embs[0]["text"])):
             raise ValueError(f"{f}: other unseen samples or class texts than {folders[0]}")
-        parts = ("val", "unseen") if "val" in embs[0] else ("unseen",)
         if "val" in embs[0] and not ("val" in e and torch.equal(e["val_y"], embs[0]["val_y"])):
             raise ValueError(f"{f}: other validation samples than {folders[0]}")
         epochs, sums = e["unseen"].shape[0], {}
