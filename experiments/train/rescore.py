@@ -56,6 +56,18 @@ def only_classes(emb: dict, classes: list[int]) -> dict:
     return {**emb, "val": emb["val"][:, keep], "val_y": emb["val_y"][keep], "val_classes": torch.tensor(classes)}
 
 
+def snapshot_sums(emb: dict, snapshot_start: float) -> tuple[dict[str, torch.Tensor], int]:
+    """The snapshot ensemble of saved embeddings: per part ("val" where saved, "unseen") the sum of the unit
+    embeddings of the epochs from ``floor(snapshot_start · epochs)`` on, and how many epochs were summed."""
+    epochs = emb["unseen"].shape[0]
+    first = snapshot_first_epoch(snapshot_start, epochs)
+    sums = {}
+    for part in ("val", "unseen") if "val" in emb else ("unseen",):
+        for e in range(first, epochs):  # summed in epoch order, as the run did
+            add_unit(sums, part, emb[part][e])
+    return sums, epochs - first
+
+
 def rescore(emb: dict, selection: str, snapshot_start: float = 0.25, conse: ConseSettings | None = None,
             align: AlignSettings | None = None, val_classes: list[int] | None = None) -> dict:
     """One variant of one run: ``selection`` "val" (the epoch best on validation, the first of equals, among
@@ -83,12 +95,8 @@ def rescore(emb: dict, selection: str, snapshot_start: float = 0.25, conse: Cons
         feats = emb["unseen"][best]
         out.update(best_epoch=best, val_top1=top1[best], val_holdout_top1=holdout_top1(correct, val_y, selectable))
     else:
-        first = snapshot_first_epoch(snapshot_start, epochs)
-        sums = {}
-        for part in ("val", "unseen") if has_val else ("unseen",):
-            for e in range(first, epochs):  # summed in epoch order, as the run did
-                add_unit(sums, part, emb[part][e])
-        feats = sums["unseen"] / (epochs - first)
+        sums, count = snapshot_sums(emb, snapshot_start)
+        feats = sums["unseen"] / count
         out["best_epoch"] = epochs - 1
         if has_val:
             res = zero_shot_eval(sums["val"], val_y, classes, text, conse=conse, seen=seen)

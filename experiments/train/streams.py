@@ -24,10 +24,10 @@ from data.streams import check_modality
 from experiments.files import STREAMS_FILE
 from experiments.tracking.tracker import PrefixTracker, Tracker
 from experiments.train import distributed
-from experiments.train.epoch_eval import add_unit, holdout_top1, snapshot_first_epoch
+from experiments.train.epoch_eval import holdout_top1
 from experiments.train.evaluate import Outcome, final_report, zero_shot_eval
 from experiments.train.prepare import folder_of
-from experiments.train.rescore import load_embeddings
+from experiments.train.rescore import load_embeddings, snapshot_sums
 from experiments.train.settings import AlignSettings, Settings
 
 log = logging.getLogger("pgfa")
@@ -114,7 +114,6 @@ def fused_from_folders(folders: list[str]) -> dict:
     saved embeddings (``save_embeddings=True``, ``selection="snapshot"``; same split and texts)."""
     embs = [load_embeddings(f) for f in folders]
     feats, val_feats = [], []
-    parts = ("val", "unseen") if "val" in embs[0] else ("unseen",)
     for f, e in zip(folders, embs):
         if e["config"].get("selection") != "snapshot":
             raise ValueError(f"{f}: selection={e['config'].get('selection')!r}; streams fuse snapshot ensembles")
@@ -122,14 +121,10 @@ def fused_from_folders(folders: list[str]) -> dict:
             raise ValueError(f"{f}: other unseen samples or class texts than {folders[0]}")
         if "val" in embs[0] and not ("val" in e and torch.equal(e["val_y"], embs[0]["val_y"])):
             raise ValueError(f"{f}: other validation samples than {folders[0]}")
-        epochs, sums = e["unseen"].shape[0], {}
-        first = snapshot_first_epoch(float(e["config"]["snapshot_start"]), epochs)
-        for ep in range(first, epochs):
-            for part in parts:
-                add_unit(sums, part, e[part][ep])
-        feats.append(sums["unseen"] / (epochs - first))
-        if "val" in sums:
-            val_feats.append(sums["val"] / (epochs - first))
+        sums, count = snapshot_sums(e, float(e["config"]["snapshot_start"]))
+        feats.append(sums["unseen"] / count)
+        if "val" in embs[0]:
+            val_feats.append(sums["val"] / count)
     e0 = embs[0]
     res = zero_shot_eval(fuse_features(feats), e0["unseen_y"], e0["unseen_classes"].tolist(),
                          fuse_text(e0["text"], len(embs)), AlignSettings.from_config(e0["config"]))
