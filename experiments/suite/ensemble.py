@@ -17,6 +17,7 @@ records the weights and the rule that chose them.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -133,12 +134,18 @@ def run_ensemble(cfg: dict, tracker: Tracker | None = None) -> dict:
         raise EnsembleError(f"ensemble_members needs two or more runs (ids, run folders or scores files), got {refs}")
     folder = run_folder(resume="", out_dir=cfg["out_dir"], dataset=cfg["dataset"], split="-",
                         train_mode="ensemble", seed=cfg["seed"])
-    folder.mkdir(parents=True, exist_ok=True)
-    members = [load_member(r, folder, cfg.get("mongo_url", "")) for r in refs]
-    check_dataset(members, cfg["dataset"])
-    weights, rule = (list(map(float, cfg["ensemble_weights"])), "given") if cfg["ensemble_weights"] \
-        else default_weights(members)
-    fused = fuse(members, weights)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)  # recorded members' scores are fetched into it
+    try:
+        members = [load_member(r, folder, cfg.get("mongo_url", "")) for r in refs]
+        check_dataset(members, cfg["dataset"])
+        weights, rule = (list(map(float, cfg["ensemble_weights"])), "given") if cfg["ensemble_weights"] \
+            else default_weights(members)
+        fused = fuse(members, weights)
+    except BaseException:
+        if created:  # a refused ensemble leaves no folder behind (only fetched scores would be in it)
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     labels, classes = members[0]["labels"], members[0]["classes"]
     path = save_scores(folder / "ensemble_scores.npz", torch.from_numpy(fused).float(), torch.from_numpy(labels),
                        classes.tolist(), {"members": np.asarray(refs, dtype=str), "weights": np.asarray(weights)})

@@ -61,6 +61,7 @@ def test_ensemble_refuses_members_that_score_other_samples(two_streams, tmp_path
         ex.run(config_updates={"train_mode": "ensemble", "out_dir": str(tmp_path / "e"),
                                "ensemble_members": [joint["scores"], str(tmp_path / "other.npz")]},
                options={"--loglevel": "ERROR"})
+    assert not (tmp_path / "e").exists()  # a refused ensemble leaves no run folder behind
 
 
 def test_ensemble_refuses_members_of_another_dataset_than_its_own(two_streams, tmp_path):
@@ -76,6 +77,13 @@ def test_ensemble_refuses_members_of_another_dataset_than_its_own(two_streams, t
         ex.run(config_updates={"train_mode": "ensemble", "out_dir": str(tmp_path / "e"),
                                "ensemble_members": [str(tmp_path / "ucla2.npz"), str(tmp_path / "ucla.npz")]},
                options={"--loglevel": "ERROR"})
+    assert not (tmp_path / "e").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before is the user's: left in place
+    with pytest.raises(ValueError, match="different datasets"):
+        ex.run(config_updates={"train_mode": "ensemble", "out_dir": str(tmp_path / "kept"),
+                               "ensemble_members": [joint["scores"], str(tmp_path / "ucla.npz")]},
+               options={"--loglevel": "ERROR"})
+    assert (tmp_path / "kept").is_dir()
 
 
 def test_default_ensemble_weights_are_frhead_s_by_stream():
