@@ -59,7 +59,13 @@ def resolve_checkpoint(ref: str, mongo_url: str = "") -> Path:
 def fetch_from_mongo(run_id: int, mongo_url: str = "") -> Path:
     """Download run ``run_id``'s ``best.pt`` artifact into ``runs/fetched/run-<id>/`` (every time: run ids
     repeat across databases, so a copy kept by id could be another database's checkpoint)."""
-    return fetch_artifact(run_id, (BEST_FILE,), FETCH_DIR / f"run-{run_id}", mongo_url, what="checkpoint")
+    path = fetch_artifact(run_id, (BEST_FILE, STREAMS_FILE), FETCH_DIR / f"run-{run_id}", mongo_url,
+                          what="checkpoint")
+    if path.name == STREAMS_FILE:  # a streams run records one checkpoint per stream, as <stream>_best.pt
+        names = ", ".join(f"{m}_{BEST_FILE}" for m in json.loads(path.read_text())["streams"])
+        raise CheckpointError(f"checkpoint {run_id}: a stream ensemble run (one model per stream); evaluate one "
+                              f"of its streams' checkpoints, its artifacts {names} (pass the file's path)")
+    return path
 
 
 def fetch_artifact(run_id: int, names: tuple[str, ...], folder: Path, mongo_url: str = "",

@@ -286,3 +286,13 @@ def test_a_checkpoint_is_evaluated_by_its_run_id_in_mongodb(tracking, text_root,
     res = run_in_process(text_root, tmp_path / "eval", train_mode="test", checkpoint=str(trained._id)).result
     assert res["evaluated_checkpoint"].endswith(f"run-{trained._id}/best.pt")
     assert res["unseen_top1"] == trained.result["unseen_top1"]
+
+
+def test_a_streams_run_s_id_is_refused_as_a_checkpoint_naming_its_streams_checkpoints(tracking, text_root, tmp_path):
+    trained = run_in_process(text_root, tmp_path / "train", selection="snapshot", streams=["joint", "bone"])
+    db = database(dbserver.read_server_state().url)
+    names = {a["name"] for a in record_of(db, trained._id)["artifacts"]}
+    assert {"joint_best.pt", "bone_best.pt", "streams.json"} <= names and "best.pt" not in names
+    with pytest.raises(ValueError, match=f"checkpoint {trained._id}: a stream ensemble run .*joint_best.pt, "
+                                         "bone_best.pt"):
+        run_in_process(text_root, tmp_path / "eval", train_mode="test", checkpoint=str(trained._id))
