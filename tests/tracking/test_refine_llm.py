@@ -36,7 +36,9 @@ def test_agent_loop_refines_through_the_local_llm_and_a_rerun_is_identical_offli
     root, cache = tmp_path / "root", tmp_path / "cache"
     shutil.copytree(demo_root, root)
     env = cli_env(tmp_path / "tracking", free_port(), OPENAI_API_KEY=SECRET)
-    server = llmserver.start(free_port(), tmp_path / "llm.log", api_key=SECRET)
+    # one thread: llama.cpp's threads wait on each other every layer, so on a busy machine (the training
+    # subprocess, a second suite) two threads on two cores slowed this test from 98 s to over 900 s
+    server = llmserver.start(free_port(), tmp_path / "llm.log", api_key=SECRET, threads=1)
     try:  # round 0 trains on the 'des' texts, round 1 on 'refined_r1' (the server refuses requests without the key)
         loop = subprocess.run(refine_command(root, cache, rounds=1, base_url=server.base_url, model=server.model),
                               cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
