@@ -292,12 +292,17 @@ def refine_texts(data_root, mongo_url, refine, _run, _config):
 @ex.command(unobserved=True)
 def llm_server():
     """Serve the local LLM (Gemma 3 270M via llama-cpp-python, installed on first use into .tools/llm) on
-    http://127.0.0.1:$PGFA_LLM_PORT/v1 (8080) for refine_texts, until Ctrl-C."""
+    http://127.0.0.1:$PGFA_LLM_PORT/v1 (8080) for refine_texts, until Ctrl-C. $PGFA_LLM_THREADS: its threads
+    (default: every core; 1 on a machine busy with other work, where llama.cpp's threads wait on each other)."""
     from pathlib import Path
 
     from text import llmserver
 
-    server = llmserver.start(int(os.environ.get("PGFA_LLM_PORT") or 8080), Path(llmserver.venv(), "server.log"))
+    threads = os.environ.get("PGFA_LLM_THREADS") or None
+    if threads is not None and not threads.isdigit() or threads == "0":
+        raise SystemExit(f"PGFA_LLM_THREADS={threads!r}: give a number of threads (1 or more)")
+    server = llmserver.start(int(os.environ.get("PGFA_LLM_PORT") or 8080), Path(llmserver.venv(), "server.log"),
+                             threads=int(threads) if threads else None)
     print(f"local LLM: refine.base_url={server.base_url} refine.model={server.model} "
           f"refine.schema_format=json_object  (log {server.log}; Ctrl-C stops it)", flush=True)
     try:
