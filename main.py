@@ -298,8 +298,8 @@ def llm_server():
 
     from text import llmserver
 
-    threads = os.environ.get("PGFA_LLM_THREADS") or None
-    if threads is not None and not threads.isdigit() or threads == "0":
+    threads = os.environ.get("PGFA_LLM_THREADS", "")
+    if threads and (not threads.isdigit() or int(threads) < 1):
         raise SystemExit(f"PGFA_LLM_THREADS={threads!r}: give a number of threads (1 or more)")
     server = llmserver.start(int(os.environ.get("PGFA_LLM_PORT") or 8080), Path(llmserver.venv(), "server.log"),
                              threads=int(threads) if threads else None)
