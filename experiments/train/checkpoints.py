@@ -45,27 +45,27 @@ def resolve_checkpoint(ref: str, mongo_url: str = "") -> Path:
     if path.is_dir():
         path = path / BEST_FILE if (path / BEST_FILE).is_file() or not (path / STREAMS_FILE).is_file() \
             else path / STREAMS_FILE
-    if path.name == STREAMS_FILE and path.is_file():
-        raise CheckpointError(f"checkpoint {ref!r}: a stream ensemble run (one model per stream); evaluate one of "
-                              f"its streams' checkpoints: {', '.join(json.loads(path.read_text())['checkpoints'])}")
-    if path.is_file():
-        return path
-    if str(ref).isdigit():
-        return fetch_from_mongo(int(ref), mongo_url)
-    raise CheckpointError(f"checkpoint {ref!r}: no such file or run folder (expected a best.pt, a folder "
-                          f"holding one, or the id of a run recorded in MongoDB)")
+    recorded = not path.is_file() and str(ref).isdigit()
+    if recorded:
+        path = fetch_from_mongo(int(ref), mongo_url)
+    elif not path.is_file():
+        raise CheckpointError(f"checkpoint {ref!r}: no such file or run folder (expected a best.pt, a folder "
+                              f"holding one, or the id of a run recorded in MongoDB)")
+    if path.name == STREAMS_FILE:  # one model per stream: in its folder, or recorded as <stream>_best.pt
+        manifest = json.loads(path.read_text())
+        where = f"its artifacts {', '.join(f'{m}_{BEST_FILE}' for m in manifest['streams'])} (pass the file's " \
+            "path)" if recorded else ", ".join(manifest["checkpoints"])
+        raise CheckpointError(f"checkpoint {ref}: a stream ensemble run (one model per stream); evaluate one of "
+                              f"its streams' checkpoints: {where}")
+    return path
 
 
 def fetch_from_mongo(run_id: int, mongo_url: str = "") -> Path:
-    """Download run ``run_id``'s ``best.pt`` artifact into ``runs/fetched/run-<id>/`` (every time: run ids
-    repeat across databases, so a copy kept by id could be another database's checkpoint)."""
-    path = fetch_artifact(run_id, (BEST_FILE, STREAMS_FILE), FETCH_DIR / f"run-{run_id}", mongo_url,
+    """Download run ``run_id``'s ``best.pt`` artifact (a streams run's ``streams.json``) into
+    ``runs/fetched/run-<id>/`` (every time: run ids repeat across databases, so a copy kept by id could be
+    another database's checkpoint)."""
+    return fetch_artifact(run_id, (BEST_FILE, STREAMS_FILE), FETCH_DIR / f"run-{run_id}", mongo_url,
                           what="checkpoint")
-    if path.name == STREAMS_FILE:  # a streams run records one checkpoint per stream, as <stream>_best.pt
-        names = ", ".join(f"{m}_{BEST_FILE}" for m in json.loads(path.read_text())["streams"])
-        raise CheckpointError(f"checkpoint {run_id}: a stream ensemble run (one model per stream); evaluate one "
-                              f"of its streams' checkpoints, its artifacts {names} (pass the file's path)")
-    return path
 
 
 def fetch_artifact(run_id: int, names: tuple[str, ...], folder: Path, mongo_url: str = "",
