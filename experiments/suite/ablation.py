@@ -167,6 +167,19 @@ def difference(a: list[float], b: list[float]) -> tuple[float, float]:
     return float(np.mean(a) - np.mean(b)), float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
 
 
+def paired_difference(a: dict, b: dict) -> tuple[float, float]:
+    """The mean of ``a[k] - b[k]`` over runs paired by key (split, seed, validation draw: ``rescore --paired``)
+    and its standard error (the differences' sample std over the square root of their number); NaN below
+    2 pairs. Both sides must hold the same keys: a run without its partner is refused, naming it."""
+    if set(a) != set(b):
+        raise ValueError(f"paired comparison: runs without a partner on the other side: "
+                         f"{sorted(set(a) - set(b), key=str)} (variant) / {sorted(set(b) - set(a), key=str)} (against)")
+    d = np.array([a[k] - b[k] for k in a], dtype=float)
+    if len(d) < 2:
+        return float("nan"), float("nan")
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
 def _fmt(stat: tuple[float, float] | None) -> str:
     return "–" if stat is None else f"{stat[0]:.2f} ± {stat[1]:.2f}"
 

@@ -12,7 +12,8 @@ prints one row per variant, pooled over the folders (mean ± sample std) and the
 ``--val-classes`` validates on some of the saved validation classes only; ``--against OTHER ...`` adds
 each variant's held-out pick minus theirs (scored with their own settings), its standard error and
 whether it is a clear gain by more than ``--ses`` standard errors (default 1; ``experiments/suite/ablation.py:
-clear_gain``, the rule defaults change by).
+clear_gain``, the rule defaults change by); ``--paired`` pairs each run with the ``--against`` run of its
+split, seed and validation draw (``val_seed``) and uses the paired differences' standard error.
 Rescoring a run with its own settings gives its recorded numbers (tests/train/test_rescore.py). It
 reads the unseen classes like any run's final score does; choose variants by the validation columns only.
 """
@@ -134,37 +135,60 @@ def _cell(vals: list[float]) -> str:
     return f"{np.mean(vals):.2f} ± {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.2f}" if vals else "–"
 
 
+def run_key(emb: dict) -> tuple:
+    """What pairs a run with its partner: dataset, split, seed and the draw of validation classes."""
+    c = emb["config"]
+    return c.get("dataset"), str(c.get("split")), c.get("seed"), c.get("val_seed")
+
+
+def _keyed(pairs: list[tuple[tuple, dict]], side: str) -> dict:
+    out = {}
+    for key, r in pairs:
+        if key in out:
+            raise ValueError(f"--paired: two {side} runs share (dataset, split, seed, val_seed) = {key}")
+        if r.get(HELD_OUT) is not None:
+            out[key] = r[HELD_OUT]
+    return out
+
+
 def table(folders: list[str], starts: list[float], temperatures: list[float], val_classes: list[int] = (),
-          top_k: int = 0, against: list[str] = (), ses: float = 1.0) -> str:
+          top_k: int = 0, against: list[str] = (), ses: float = 1.0, paired: bool = False) -> str:
     """A markdown table: per variant, mean ± sample std over the runs of each column and the unseen top-1
     per split; with ``against`` (runs scored with their own settings), each variant's held-out pick minus
     theirs and whether it is a clear gain by more than ``ses`` standard errors
-    (``experiments/suite/ablation.py: clear_gain``, the rule a default changes by; validation only)."""
-    from experiments.suite.ablation import AblationRow, clear_gain, difference
+    (``experiments/suite/ablation.py: clear_gain``, the rule a default changes by; validation only).
+    ``paired``: each run is compared with the ``against`` run of the same dataset, split, seed and
+    validation draw (``val_seed``), and the standard error is that of the paired differences."""
+    from experiments.suite.ablation import AblationRow, clear_gain, difference, paired_difference
 
     embs = [load_embeddings(f) for f in folders]
     base = AblationRow("", "against")
-    base.values[HELD_OUT] = [r[HELD_OUT] for r in (as_run(load_embeddings(f), val_classes) for f in against)
-                             if r.get(HELD_OUT) is not None]
+    theirs = [(run_key(e), as_run(e, val_classes)) for e in (load_embeddings(f) for f in against)]
+    base.values[HELD_OUT] = [r[HELD_OUT] for _, r in theirs if r.get(HELD_OUT) is not None]
+    base_keyed = _keyed(theirs, "--against") if paired else {}
     extra = ["per split (unseen_top1)"] + (["Δ held-out (SE)", f"clear gain (> {ses:g} SE)"] if against else [])
     lines = ["| variant | runs | " + " | ".join([*COLUMNS, *extra]) + " |",
              "|---|---|" + "---|" * (len(COLUMNS) + len(extra))]
     for name, (selection, start, conse) in variants(starts, temperatures, top_k).items():
-        scored = [(e["config"].get("split"),
-                   rescore(e, selection, start, conse, AlignSettings.from_config(e["config"]), list(val_classes)))
+        scored = [(e, rescore(e, selection, start, conse, AlignSettings.from_config(e["config"]), list(val_classes)))
                   for e in embs if selection == "snapshot" or "val" in e]
         rows = [r for _, r in scored]
         cells = [_cell([r[col] for r in rows if r.get(col) is not None]) for col in COLUMNS]
         splits = {}
-        for split, r in scored:
-            splits.setdefault(str(split), []).append(r["unseen_top1"])
+        for e, r in scored:
+            splits.setdefault(str(e["config"].get("split")), []).append(r["unseen_top1"])
         cells.append(" / ".join(f"{np.mean(v):.1f}" for _, v in sorted(splits.items(), key=_split_order)))
         if against:
             row = AblationRow("", name)
             row.values[HELD_OUT] = [r[HELD_OUT] for r in rows if r.get(HELD_OUT) is not None]
-            diff, se = difference(row.values[HELD_OUT], base.values[HELD_OUT])
-            cells += [f"{diff:+.2f} ({se:.2f})" if np.isfinite(diff) else "– (fewer than 2 runs a side)",
-                      "yes" if clear_gain(row, base, HELD_OUT, ses) else "no"]
+            if paired:
+                diff, se = paired_difference(_keyed([(run_key(e), r) for e, r in scored], "variant"), base_keyed)
+                gain = bool(diff > ses * se)  # NaN (fewer than 2 pairs): no
+            else:
+                diff, se = difference(row.values[HELD_OUT], base.values[HELD_OUT])
+                gain = clear_gain(row, base, HELD_OUT, ses)
+            cells += [f"{diff:+.2f} ({se:.2f})" if np.isfinite(diff) else
+                      f"– (fewer than 2 {'pairs' if paired else 'runs a side'})", "yes" if gain else "no"]
         lines.append(f"| {name} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -181,10 +205,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="runs (scored with their own settings) to compare each variant's held-out pick with")
     p.add_argument("--ses", type=float, default=1.0,
                    help="a clear gain: the held-out pick's difference above this many standard errors (round 8: 2)")
+    p.add_argument("--paired", action="store_true",
+                   help="pair each run with the --against run of its dataset, split, seed and val_seed")
     a = p.parse_args(argv)
     if a.ses <= 0:
         p.error(f"--ses must be positive, got {a.ses}")
-    print(table(a.folders, a.snapshot_start, a.conse, a.val_classes, a.conse_top_k, a.against, a.ses))
+    if a.paired and not a.against:
+        p.error("--paired compares with --against runs: give them")
+    print(table(a.folders, a.snapshot_start, a.conse, a.val_classes, a.conse_top_k, a.against, a.ses, a.paired))
 
 
 if __name__ == "__main__":

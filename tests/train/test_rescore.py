@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from experiments.suite.ablation import difference, paired_difference
 from experiments.train.rescore import COLUMNS, load_embeddings, main, rescore
 from experiments.train.settings import AlignSettings, ConseSettings
 from main import ex
@@ -110,6 +111,33 @@ def test_rescore_command_prints_a_row_per_variant(text_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "s0"), "--against", str(tmp_path / "s1"), "--ses", "0"])
     assert "--ses must be positive, got 0.0" in capsys.readouterr().err
+    # --paired: each run against the run of its split, seed and validation draw
+    main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--against", str(tmp_path / "s1"), str(tmp_path / "s0"),
+          "--paired"])
+    own = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| val pick |")][0]
+    assert own[-2] == "+0.00 (0.00)" and own[-1] == "no |"  # paired with itself, whatever the order given
+    with pytest.raises(ValueError, match=r"without a partner.*\('demo', '1', 0, 0\)\] \(variant\) / "
+                                         r"\[\('demo', '1', 1, 0\)\] \(against\)"):
+        main([str(tmp_path / "s0"), "--against", str(tmp_path / "s1"), "--paired"])
+    with pytest.raises(ValueError, match="two --against runs share"):
+        main([str(tmp_path / "s0"), "--against", str(tmp_path / "s0"), str(tmp_path / "s0"), "--paired"])
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "s0"), "--paired"])
+    assert "--paired compares with --against runs" in capsys.readouterr().err
+
+
+def test_paired_difference_pairs_runs_by_key():
+    # three draws where the variant is 8-10 points above its partner, though the draws differ by 20 points
+    mine = {("d", "1", 0, 0): 60.0, ("d", "1", 0, 1): 80.0, ("d", "2", 0, 0): 100.0}
+    theirs = {("d", "1", 0, 0): 50.0, ("d", "1", 0, 1): 72.0, ("d", "2", 0, 0): 91.0}
+    diff, se = paired_difference(mine, theirs)
+    assert diff == pytest.approx(9.0) and se == pytest.approx(1.0 / np.sqrt(3))
+    unpaired = difference(list(mine.values()), list(theirs.values()))
+    assert unpaired[0] == pytest.approx(9.0) and unpaired[1] > 10 * se  # the draws' spread swamps the unpaired SE
+    assert all(np.isnan(paired_difference({"a": 1.0}, {"a": 0.0})))  # one pair: no standard error
+    with pytest.raises(ValueError, match=r"without a partner on the other side: \[\('d', '2', 0, 0\)\] "
+                                         r"\(variant\) / \[\] \(against\)"):
+        paired_difference(mine, {k: v for k, v in theirs.items() if k[1] == "1"})
 
 
 def test_refusals(text_root, tmp_path):
