@@ -23,6 +23,7 @@ import numpy as np
 from experiments.suite.report import mean_std
 
 BASELINE = "baseline"
+PAIRED_SES = 2.0  # the ablation table's rule: paired validation gain above two standard errors (round 8 on)
 
 # The components the zero-shot track offers (README: configuration keys), as overrides of the base.
 COMPONENTS: dict[str, dict] = {
@@ -160,6 +161,20 @@ def clear_gain(row: AblationRow, baseline: AblationRow, key: str = "best_val_top
     return bool(diff > ses * se)  # NaN (fewer than 2 runs a side): False
 
 
+def _by_run(row: AblationRow, key: str) -> dict[tuple[str, int], float]:
+    vals = row.values.get(key) or []
+    return dict(zip(row.runs, vals)) if len(vals) == len(row.runs) else {}  # a run without the number: none
+
+
+def paired_stats(row: AblationRow, baseline: AblationRow, key: str) -> tuple[float, float, int]:
+    """``row``'s ``key`` minus the baseline's over the runs both have (paired by split and seed), the
+    standard error of that mean difference and the number of pairs (``paired_difference``)."""
+    mine, theirs = _by_run(row, key), _by_run(baseline, key)
+    common = [k for k in mine if k in theirs]
+    diff, se = paired_difference({k: mine[k] for k in common}, {k: theirs[k] for k in common})
+    return diff, se, len(common)
+
+
 def difference(a: list[float], b: list[float]) -> tuple[float, float]:
     """``mean(a) - mean(b)`` and the standard error of that difference (unpaired); NaN below 2 runs a side."""
     if len(a) < 2 or len(b) < 2:
@@ -200,8 +215,12 @@ def to_markdown(rows: list[AblationRow]) -> str:
                                         *deltas, splits]) + " |")
     best = {ds: best_by_validation(rows, ds) for ds in dict.fromkeys(r.dataset for r in rows)}
     keys = {ds: validation_key(rows, ds) for ds in best}
-    clear = {ds: [r.variant for r in rows if r.dataset == ds and r.variant != BASELINE and ds in base
-                  and clear_gain(r, base[ds], keys[ds])] for ds in best}
+    clear = {ds: [] for ds in best}
+    for r in rows:
+        if r.variant != BASELINE and r.dataset in base:
+            diff, se, n = paired_stats(r, base[r.dataset], keys[r.dataset])
+            if diff > PAIRED_SES * se:  # NaN (fewer than 2 pairs): no
+                clear[r.dataset].append(f"{r.variant} ({diff:+.2f}, SE {se:.2f}, {n} pairs)")
     note = ("\nMean ± sample std over every split and seed of a row; accuracies in %. Each run selected its "
             "checkpoint on its validation classes (held out of the seen classes); *val top-1 (selection)* is "
             "that selection's accuracy, inflated by the pick; *held-out pick* picks on half the validation "
@@ -209,7 +228,8 @@ def to_markdown(rows: list[AblationRow]) -> str:
             "may choose a combination: the held-out pick where every row has it. Δ: against the "
             "baseline row of the dataset. Best by validation: "
             + ", ".join(f"{ds}: {v} ({keys[ds]})" for ds, v in best.items())
-            + ". Validation above the baseline's by more than the standard error of the difference: "
+            + ". Validation above the baseline's (runs paired by split and seed; the rule a default changes by, "
+            f"docs/zeroshot_small.md) by more than {PAIRED_SES:g} standard errors of the paired difference: "
             + ", ".join(f"{ds}: {', '.join(v) or 'none'}" for ds, v in clear.items()) + ".")
     return "\n".join(lines) + "\n" + note + "\n"
 

@@ -151,7 +151,7 @@ def test_sweep_points_with_a_url_are_recorded_where_the_sweep_looks(monkeypatch)
 
 def test_ablation_variants_and_table():
     from experiments.suite.ablation import (AblationRow, ablation_variants, best_by_validation, clear_gain, difference,
-                                            runs_query, summarize)
+                                            paired_stats, runs_query, summarize)
     from experiments.suite.ablation import to_markdown as ablation_markdown
 
     v = ablation_variants(["ema", "texts"], [["ema", "texts"]], extra={"mine": {"lr": 0.01}})
@@ -198,7 +198,15 @@ def test_ablation_variants_and_table():
     rows[0].values["val_holdout_top1"], rows[1].values["val_holdout_top1"] = [30.0, 32.0], [50.0, 52.0]
     assert best_by_validation(rows, "demo") == "+ema"
     table = ablation_markdown(rows)
-    assert "demo: +ema (val_holdout_top1)" in table and "difference: demo: +ema." in table
+    assert "demo: +ema (val_holdout_top1)" in table and "difference: demo: +ema (+20.00, SE 0.00, 2 pairs)." in table
+    # runs paired by split and seed: a steady gain across draws that differ by far more passes
+    rows[0].values["val_holdout_top1"], rows[1].values["val_holdout_top1"] = [30.0, 60.0], [33.0, 64.0]
+    assert paired_stats(rows[1], rows[0], "val_holdout_top1") == (3.5, 0.5, 2)
+    assert not clear_gain(rows[1], rows[0], "val_holdout_top1", ses=2)  # unpaired: SE 21.6
+    assert "difference: demo: +ema (+3.50, SE 0.50, 2 pairs)." in ablation_markdown(rows)
+    rows[1].values["val_holdout_top1"] = [31.0, 60.0]  # +0.5 (SE 0.5): not above two standard errors
+    assert "difference: demo: none." in ablation_markdown(rows)
+    rows[1].values["val_holdout_top1"] = [50.0, 52.0]
     rows[0].values.pop("val_holdout_top1")
     assert best_by_validation(rows, "demo") == "baseline"  # not every row has it: the selection's top-1
     # a trainval row has no validation number (NaN is not pooled): it is shown, never ranked
