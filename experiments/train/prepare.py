@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from data.auxiliary import aux_names, load_auxiliary
-from data.catalog import get_dataset
+from data.catalog import dataset_splits, get_dataset
 from data.loading import Subset, ZeroShotData, limit_training, load_zero_shot
 from experiments.train import distributed
 from experiments.train.gzsl import pick_exemplars
@@ -96,6 +96,20 @@ def place_data(data: ZeroShotData, device: torch.device, mode: str | bool) -> No
             setattr(data, name, Subset(place_subset(sub, device, mode).x, sub.y, sub.classes))
 
 
+def check_val_seed(s: Settings) -> None:
+    """``val_seed`` draws the validation classes only where the split records none (config.py); where it
+    records them a non-zero value would change nothing, so it is refused. It also seeds the validation
+    folds and GZSL's held-out seen samples: those runs may set it."""
+    d = s.data
+    if d.val_seed == 0 or s.eval.selection == "folds" or d.gzsl:
+        return
+    recorded = dataset_splits(d.dataset, d.data_root).get(str(d.split), {}).get("val")
+    if recorded:
+        raise ValueError(f"val_seed={d.val_seed} changes nothing: {d.dataset} split {d.split} records its validation "
+                         f"classes {list(recorded)}; to validate on other seen classes give val_classes=[...] "
+                         "(e.g. drawn by data.catalog.draw_val_classes)")
+
+
 def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextModel, torch.device]:
     """Everything that can fail on bad input, checked before the first training step."""
     d = s.data
@@ -104,6 +118,7 @@ def prepare_run(s: Settings) -> tuple[ZeroShotData, torch.Tensor, SkeletonTextMo
         raise ValueError(f"selection must be one of {SELECTIONS} (zero-shot tracks), got {s.eval.selection!r}")
     get_loss(s.loss.name)
     check_objective(s)
+    check_val_seed(s)
     if d.gzsl and (s.eval.selection == "snapshot" or s.eval.conse is not None):
         raise ValueError("gzsl=True calibrates one model's scores over seen and unseen classes: it does not combine "
                          f"with selection='snapshot' or conse=True (got selection={s.eval.selection!r}, "

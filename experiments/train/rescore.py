@@ -13,7 +13,7 @@ prints one row per variant, pooled over the folders (mean ± sample std) and the
 each variant's held-out pick minus theirs (scored with their own settings), its standard error and
 whether it is a clear gain by more than ``--ses`` standard errors (default 1; ``experiments/suite/ablation.py:
 clear_gain``, the rule defaults change by); ``--paired`` pairs each run with the ``--against`` run of its
-split, seed and validation draw (``val_seed``) and uses the paired differences' standard error.
+split, seed and validation classes and uses the paired differences' standard error.
 Rescoring a run with its own settings gives its recorded numbers (tests/train/test_rescore.py). It
 reads the unseen classes like any run's final score does; choose variants by the validation columns only.
 """
@@ -136,16 +136,16 @@ def _cell(vals: list[float]) -> str:
 
 
 def run_key(emb: dict) -> tuple:
-    """What pairs a run with its partner: dataset, split, seed and the draw of validation classes."""
+    """What pairs a run with its partner: dataset, split, seed and its validation classes (the draw)."""
     c = emb["config"]
-    return c.get("dataset"), str(c.get("split")), c.get("seed"), c.get("val_seed")
+    return c.get("dataset"), str(c.get("split")), c.get("seed"), tuple(sorted(c.get("val_classes") or ()))
 
 
 def _keyed(pairs: list[tuple[tuple, dict]], side: str) -> dict:
     out = {}
     for key, r in pairs:
         if key in out:
-            raise ValueError(f"--paired: two {side} runs share (dataset, split, seed, val_seed) = {key}")
+            raise ValueError(f"--paired: two {side} runs share (dataset, split, seed, validation classes) = {key}")
         if r.get(HELD_OUT) is not None:
             out[key] = r[HELD_OUT]
     return out
@@ -158,7 +158,7 @@ def table(folders: list[str], starts: list[float], temperatures: list[float], va
     theirs and whether it is a clear gain by more than ``ses`` standard errors
     (``experiments/suite/ablation.py: clear_gain``, the rule a default changes by; validation only).
     ``paired``: each run is compared with the ``against`` run of the same dataset, split, seed and
-    validation draw (``val_seed``), and the standard error is that of the paired differences."""
+    validation classes, and the standard error is that of the paired differences."""
     from experiments.suite.ablation import AblationRow, clear_gain, difference, paired_difference
 
     embs = [load_embeddings(f) for f in folders]
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ses", type=float, default=1.0,
                    help="a clear gain: the held-out pick's difference above this many standard errors (round 8: 2)")
     p.add_argument("--paired", action="store_true",
-                   help="pair each run with the --against run of its dataset, split, seed and val_seed")
+                   help="pair each run with the --against run of its dataset, split, seed and validation classes")
     a = p.parse_args(argv)
     if a.ses <= 0:
         p.error(f"--ses must be positive, got {a.ses}")

@@ -118,6 +118,20 @@ def test_zero_shot_track_accepts_streams_augmentation_skelemix_and_frhead(text_r
     assert z["scores"].shape == (200, 5) and str(z["modality"]) == "bone_motion"
 
 
+def test_val_seed_on_a_split_that_records_its_validation_classes_is_refused(text_root, tmp_path):
+    tiny = {"data_root": str(text_root), "text_model": "minilm", "text_kind": "labels", "epoch_num": 1,
+            "hidden_channels": 4, "out_channels": 16, "max_frame": 8, "batch_size": 64}
+    # demo's split 1 records [3, 10, 17, 18, 25]: another val_seed would silently train the same run
+    with pytest.raises(ValueError, match=r"val_seed=1 changes nothing: demo split 1 records its validation classes "
+                                         r"\[3, 10, 17, 18, 25\]; .* give val_classes=\[\.\.\.\]"):
+        ex.run(config_updates={**tiny, "out_dir": str(tmp_path / "x"), "val_seed": 1}, options={"--loglevel": "ERROR"})
+    assert not (tmp_path / "x" / "best.pt").exists()
+    # another draw is given as the classes themselves
+    res = ex.run(config_updates={**tiny, "out_dir": str(tmp_path / "y"), "val_classes": [1, 2, 4, 5, 6]},
+                 options={"--loglevel": "ERROR"}).result
+    assert res["val_classes"] == [1, 2, 4, 5, 6]
+
+
 def test_skelemix_needs_a_loss_with_mixed_targets(text_root, tmp_path):
     with pytest.raises(ValueError, match="mixed targets are defined for"):
         ex.run(config_updates={"data_root": str(text_root), "out_dir": str(tmp_path / "x"), "text_model": "minilm",
