@@ -136,9 +136,11 @@ def _cell(vals: list[float]) -> str:
 
 
 def run_key(emb: dict) -> tuple:
-    """What pairs a run with its partner: dataset, split, seed and its validation classes (the draw)."""
+    """What pairs a run with its partner: dataset, split, seed and its validation classes (the draw), as
+    saved beside the embeddings where they are (the classes the run validated on), else as configured."""
     c = emb["config"]
-    return c.get("dataset"), str(c.get("split")), c.get("seed"), tuple(sorted(c.get("val_classes") or ()))
+    val = emb["val_classes"].tolist() if "val_classes" in emb else c.get("val_classes") or []
+    return c.get("dataset"), str(c.get("split")), c.get("seed"), tuple(sorted(int(v) for v in val))
 
 
 def _keyed(pairs: list[tuple[tuple, dict]], side: str) -> dict:

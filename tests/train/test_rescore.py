@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from experiments.suite.ablation import difference, paired_difference
-from experiments.train.rescore import COLUMNS, load_embeddings, main, rescore
+from experiments.train.rescore import COLUMNS, load_embeddings, main, rescore, run_key
 from experiments.train.settings import AlignSettings, ConseSettings
 from main import ex
 
@@ -130,6 +130,10 @@ def test_rescore_command_prints_a_row_per_variant(text_root, tmp_path, capsys):
 
 
 def test_paired_difference_pairs_runs_by_key():
+    # a run is keyed by the validation classes saved beside its embeddings (those it validated on)
+    cfg = {"dataset": "d", "split": 2, "seed": 0, "val_classes": [0, 8]}
+    assert run_key({"config": cfg, "val_classes": torch.tensor([7, 5])}) == ("d", "2", 0, (5, 7))
+    assert run_key({"config": cfg}) == ("d", "2", 0, (0, 8))  # nothing saved: as configured
     # three draws where the variant is 8-10 points above its partner, though the draws differ by 20 points
     mine = {("d", "1", 0, 0): 60.0, ("d", "1", 0, 1): 80.0, ("d", "2", 0, 0): 100.0}
     theirs = {("d", "1", 0, 0): 50.0, ("d", "1", 0, 1): 72.0, ("d", "2", 0, 0): 91.0}
