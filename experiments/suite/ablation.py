@@ -155,10 +155,14 @@ def clear_gain(row: AblationRow, baseline: AblationRow, key: str = "best_val_top
     exceeds the baseline's by more than ``ses`` standard errors of the difference of the two means:
     the rule by which a component may become a dataset's default (one SE through round 7; two from
     round 8, once twenty variants per dataset had been tried: docs/zeroshot_small.md)."""
+    return beyond(*difference(row.values.get(key) or [], baseline.values.get(key) or []), ses)
+
+
+def beyond(diff: float, se: float, ses: float) -> bool:
+    """The rule itself: a difference above ``ses`` of its standard errors (NaN, from too few runs: no)."""
     if ses <= 0:
         raise ValueError(f"clear_gain: ses must be positive (standard errors of the difference), got {ses}")
-    diff, se = difference(row.values.get(key) or [], baseline.values.get(key) or [])
-    return bool(diff > ses * se)  # NaN (fewer than 2 runs a side): False
+    return bool(diff > ses * se)
 
 
 def _by_run(row: AblationRow, key: str) -> dict[tuple[str, int], float]:
@@ -219,7 +223,7 @@ def to_markdown(rows: list[AblationRow]) -> str:
     for r in rows:
         if r.variant != BASELINE and r.dataset in base:
             diff, se, n = paired_stats(r, base[r.dataset], keys[r.dataset])
-            if diff > PAIRED_SES * se:  # NaN (fewer than 2 pairs): no
+            if beyond(diff, se, PAIRED_SES):
                 clear[r.dataset].append(f"{r.variant} ({diff:+.2f}, SE {se:.2f}, {n} pairs)")
     note = ("\nMean ± sample std over every split and seed of a row; accuracies in %. Each run selected its "
             "checkpoint on its validation classes (held out of the seen classes); *val top-1 (selection)* is "

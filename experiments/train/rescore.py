@@ -161,7 +161,7 @@ def table(folders: list[str], starts: list[float], temperatures: list[float], va
     (``experiments/suite/ablation.py: clear_gain``, the rule a default changes by; validation only).
     ``paired``: each run is compared with the ``against`` run of the same dataset, split, seed and
     validation classes, and the standard error is that of the paired differences."""
-    from experiments.suite.ablation import AblationRow, clear_gain, difference, paired_difference
+    from experiments.suite.ablation import AblationRow, beyond, clear_gain, difference, paired_difference
 
     embs = [load_embeddings(f) for f in folders]
     base = AblationRow("", "against")
@@ -185,7 +185,7 @@ def table(folders: list[str], starts: list[float], temperatures: list[float], va
             row.values[HELD_OUT] = [r[HELD_OUT] for r in rows if r.get(HELD_OUT) is not None]
             if paired:
                 diff, se = paired_difference(_keyed([(run_key(e), r) for e, r in scored], "variant"), base_keyed)
-                gain = bool(diff > ses * se)  # NaN (fewer than 2 pairs): no
+                gain = beyond(diff, se, ses)
             else:
                 diff, se = difference(row.values[HELD_OUT], base.values[HELD_OUT])
                 gain = clear_gain(row, base, HELD_OUT, ses)
